@@ -1,0 +1,104 @@
+# statuspage: a multi-region active-active status-page service in C.
+#
+#   make            build every library, program and test into $(BUILD)/
+#   make deps       install the Debian packages the project needs (idempotent)
+#   make test       deps + build + run every unit and integration test
+#   make asan       the same tests built with AddressSanitizer + UBSan
+#   make fuzz       build the libFuzzer targets and run each briefly
+#   make bench      benchmarks, printed beside their reference as ratios
+#   make run        start the local multi-region deployment
+#
+# WERROR=1 turns warnings into errors (CI).  SANITIZER=address,undefined
+# builds with sanitizers (use another BUILD= directory).
+
+BUILD     ?= build
+CC        ?= cc
+SANITIZER ?=
+WERROR    ?=
+OPT       ?= -O2
+
+PKGS := libuv libpq hiredis libprotobuf-c libnghttp2 openssl jansson libcurl
+
+WARN := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wpointer-arith \
+        -Wformat=2 -Wno-format-nonliteral -Wmissing-prototypes -Wvla
+CFLAGS   ?= $(OPT) -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -fno-common -MMD -MP -Ilib -Itests/fixture
+ifneq ($(WERROR),)
+CFLAGS   += -Werror
+endif
+ifneq ($(SANITIZER),)
+CFLAGS   += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=$(SANITIZER)
+endif
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS   += $(PKG_CFLAGS)
+LDLIBS   += $(PKG_LIBS) -lhttp_parser -lm -lpthread
+
+# --- sources, by wildcard ----------------------------------------------------
+LIB_SRCS     := $(wildcard lib/*.c)
+FIXTURE_SRCS := $(wildcard tests/fixture/*.c)
+TEST_SRCS    := $(wildcard tests/*/test_*.c)
+TOOL_SRCS    := $(wildcard tests/tools/*.c bench/*.c)
+FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
+
+LIB_OBJS     := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+FIXTURE_OBJS := $(FIXTURE_SRCS:%.c=$(BUILD)/%.o)
+TEST_BINS    := $(TEST_SRCS:%.c=$(BUILD)/%)
+TOOL_BINS    := $(TOOL_SRCS:%.c=$(BUILD)/%)
+
+LIBSP        := $(BUILD)/libsp.a
+LIBFIXTURE   := $(BUILD)/libspfixture.a
+
+.SECONDARY:
+.PHONY: all deps test test-only asan fuzz bench run clean
+all: $(LIBSP) $(TEST_BINS) $(TOOL_BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBSP): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(LIBFIXTURE): $(FIXTURE_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBFIXTURE) $(LIBSP)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(shell pkg-config --libs cmocka)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIBSP)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# --- the commands from README.md ----------------------------------------------
+deps:
+	@scripts/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run-tests.sh $(BUILD)
+
+# Runs the tests already built (no deps check); used by asan.
+test-only: all
+	@scripts/run-tests.sh $(BUILD)
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan SANITIZER=address,undefined OPT=-O1 test-only
+
+fuzz: deps
+	@scripts/fuzz.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/bench.sh $(BUILD)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh $(BUILD)
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJS:.o=.d) $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)

@@ -1,6 +1,7 @@
 /* sp_log: JSON-lines logger (see sp_log.h). */
 #include "sp_log.h"
 
+#include "sp_alloc.h"
 #include "sp_err.h"
 
 #include <jansson.h>
@@ -65,6 +66,58 @@ static void write_all(int fd, const char *p, size_t n) {
   }
 }
 
+/* Length of the well-formed UTF-8 sequence at p (1-4), or 0. */
+static size_t utf8_seq(const unsigned char *p) {
+  unsigned char c = p[0];
+  size_t n;
+  unsigned cp;
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xc2 && c <= 0xdf)
+    n = 2, cp = c & 0x1f;
+  else if (c >= 0xe0 && c <= 0xef)
+    n = 3, cp = c & 0x0f;
+  else if (c >= 0xf0 && c <= 0xf4)
+    n = 4, cp = c & 0x07;
+  else
+    return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80) /* also stops at the NUL */
+      return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;
+  return n;
+}
+
+/* A JSON string of `s` with each byte that is not valid UTF-8 replaced by
+ * U+FFFD, so a message with bad bytes is still logged (and still one valid
+ * JSON line).  NULL on allocation failure. */
+static json_t *string_lossy(const char *s) {
+  size_t len = strlen(s);
+  char *d = sp_malloc(3 * len + 1);
+  if (d == NULL)
+    return NULL;
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    size_t n = utf8_seq(p);
+    if (n == 0) {
+      memcpy(d + o, "\xef\xbf\xbd", 3);
+      o += 3;
+      p++;
+    } else {
+      memcpy(d + o, p, n);
+      o += n;
+      p += n;
+    }
+  }
+  json_t *j = json_stringn(d, o);
+  sp_free(d);
+  return j;
+}
+
 void sp_log(sp_log_level level, const char *msg, const char *fields_fmt, ...) {
   if (level < g_log.level)
     return;
@@ -79,7 +132,8 @@ void sp_log(sp_log_level level, const char *msg, const char *fields_fmt, ...) {
 
   json_t *o = json_object();
   if (o == NULL) {
-    write_all(g_log.fd, "{\"level\":\"error\",\"msg\":\"log: out of memory\"}\n", 46);
+    static const char oom[] = "{\"level\":\"error\",\"msg\":\"log: out of memory\"}\n";
+    write_all(g_log.fd, oom, sizeof oom - 1);
     return;
   }
   json_object_set_new(o, "time", json_string(ts));
@@ -87,11 +141,12 @@ void sp_log(sp_log_level level, const char *msg, const char *fields_fmt, ...) {
   json_object_set_new(o, "process", json_string(g_log.process));
   if (g_log.region[0])
     json_object_set_new(o, "region", json_string(g_log.region));
-  /* json_string rejects invalid UTF-8; keep the line anyway. */
+  /* json_string rejects invalid UTF-8 (and json_dumps would refuse an
+   * unchecked one, losing the line): keep the line with U+FFFD instead. */
   json_t *m = json_string(msg ? msg : "");
-  if (m == NULL)
-    m = json_stringn_nocheck(msg, strlen(msg));
-  json_object_set_new(o, "msg", m);
+  if (m == NULL && msg)
+    m = string_lossy(msg);
+  json_object_set_new(o, "msg", m ? m : json_string("(unloggable message)"));
   if (fields_fmt) {
     va_list ap;
     va_start(ap, fields_fmt);
@@ -106,6 +161,8 @@ void sp_log(sp_log_level level, const char *msg, const char *fields_fmt, ...) {
         if (json_object_get(o, k) == NULL)
           json_object_set(o, k, v);
       }
+    } else if (f) {
+      json_object_set_new(o, "log_error", json_string("fields format must build an object"));
     } else {
       json_object_set_new(o, "log_error", json_string(err.text));
     }
@@ -113,10 +170,15 @@ void sp_log(sp_log_level level, const char *msg, const char *fields_fmt, ...) {
   }
   char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
   json_decref(o);
-  if (line == NULL)
+  if (line == NULL) {
+    static const char oom[] = "{\"level\":\"error\",\"msg\":\"log: cannot encode line\"}\n";
+    write_all(g_log.fd, oom, sizeof oom - 1);
     return;
+  }
   size_t n = strlen(line);
   line[n] = '\n'; /* json_dumps leaves room for the NUL we overwrite ... */
   write_all(g_log.fd, line, n + 1);
-  free(line); /* jansson allocated it with malloc */
+  json_free_t jfree; /* jansson's allocator, whichever the process set */
+  json_get_alloc_funcs(NULL, &jfree);
+  jfree(line);
 }

@@ -36,7 +36,8 @@
   X(CONFIG, -1005, "invalid configuration")                                    \
   X(CLOSED, -1006, "handle is closing or closed")                              \
   X(CONFLICT, -1007, "conflicting write")                                      \
-  X(INTERNAL, -1008, "internal error")
+  X(INTERNAL, -1008, "internal error")                                        \
+  X(SKEW, -1009, "clock stamp too far ahead of local time")
 
 typedef enum sp_err {
   SP_OK = 0,

@@ -1,0 +1,1 @@
+CREATE TABLE b_ok (x int);

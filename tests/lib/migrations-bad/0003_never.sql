@@ -1,0 +1,1 @@
+CREATE TABLE b_never (x int);

@@ -1,0 +1,1 @@
+CREATE TABLE mf_ok (x int);

@@ -1,0 +1,5 @@
+-- First migration: pages.
+CREATE TABLE m_pages (
+  id   text PRIMARY KEY,
+  name text NOT NULL
+);

@@ -1,0 +1,1 @@
+INSERT INTO par_t VALUES (2);

@@ -22,7 +22,7 @@ PKGS := libuv libpq hiredis libprotobuf-c libnghttp2 openssl jansson libcurl
 WARN := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wpointer-arith \
         -Wformat=2 -Wno-format-nonliteral -Wmissing-prototypes -Wvla
 CFLAGS   ?= $(OPT) -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -fno-common -MMD -MP -Ilib -Icrdt -Itests/fixture
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -fno-common -MMD -MP -Ilib -Icrdt -Iapi -Itests/fixture
 ifneq ($(WERROR),)
 CFLAGS   += -Werror
 endif
@@ -38,6 +38,7 @@ LDLIBS   += $(PKG_LIBS) -lhttp_parser -lm -lpthread
 # --- sources, by wildcard ----------------------------------------------------
 LIB_SRCS     := $(wildcard lib/*.c)
 CRDT_SRCS    := $(wildcard crdt/*.c)
+API_SRCS     := $(filter-out api/main.c,$(wildcard api/*.c))
 FIXTURE_SRCS := $(wildcard tests/fixture/*.c)
 TEST_SRCS    := $(wildcard tests/*/test_*.c)
 TOOL_SRCS    := $(wildcard tests/tools/*.c bench/*.c)
@@ -45,17 +46,20 @@ FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
 
 LIB_OBJS     := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CRDT_OBJS    := $(CRDT_SRCS:%.c=$(BUILD)/%.o)
+API_OBJS     := $(API_SRCS:%.c=$(BUILD)/%.o)
 FIXTURE_OBJS := $(FIXTURE_SRCS:%.c=$(BUILD)/%.o)
 TEST_BINS    := $(TEST_SRCS:%.c=$(BUILD)/%)
 TOOL_BINS    := $(TOOL_SRCS:%.c=$(BUILD)/%)
 
 LIBSP        := $(BUILD)/libsp.a
 LIBCRDT      := $(BUILD)/libcrdt.a
+LIBAPI       := $(BUILD)/libapi.a
+PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api)
 LIBFIXTURE   := $(BUILD)/libspfixture.a
 
 .SECONDARY:
 .PHONY: all deps test test-only asan fuzz bench run clean
-all: $(LIBSP) $(LIBCRDT) $(TEST_BINS) $(TOOL_BINS)
+all: $(LIBSP) $(LIBCRDT) $(PROGRAMS) $(TEST_BINS) $(TOOL_BINS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -69,11 +73,18 @@ $(LIBCRDT): $(CRDT_OBJS)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
 
+$(LIBAPI): $(API_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/statusd-api: $(BUILD)/api/main.o $(LIBAPI) $(LIBCRDT) $(LIBSP)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
 $(LIBFIXTURE): $(FIXTURE_OBJS)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBFIXTURE) $(LIBCRDT) $(LIBSP)
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBFIXTURE) $(if $(API_SRCS),$(LIBAPI)) $(LIBCRDT) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIBCRDT) $(LIBSP)
@@ -108,4 +119,4 @@ run: deps
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)
+-include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(API_OBJS:.o=.d) $(BUILD)/api/main.d $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)

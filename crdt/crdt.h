@@ -206,6 +206,18 @@ int crdt_doc_field(const crdt_doc *doc, const char *page, const char *type,
                    size_t *len, crdt_stamp *stamp);
 size_t crdt_doc_entity_count(const crdt_doc *doc);
 
+/* Iteration, for building typed views.  crdt_doc_pages calls cb for every
+ * page name in sorted order; crdt_doc_page_entities calls cb for every
+ * entity of `page` whose type is `type` (NULL = all types), sorted by
+ * (type, id), with its causal length (odd = alive).  Strings are borrowed
+ * for the call.  The callbacks must not modify the document.  0,
+ * SP_ERR_NOENT (unknown page) or SP_ERR_NOMEM. */
+typedef void (*crdt_page_cb)(const char *page, void *arg);
+typedef void (*crdt_entity_cb)(const char *type, const char *id, uint32_t cl, void *arg);
+int crdt_doc_pages(crdt_doc *doc, crdt_page_cb cb, void *arg);
+int crdt_doc_page_entities(crdt_doc *doc, const char *page, const char *type,
+                           crdt_entity_cb cb, void *arg);
+
 /* Every register of the document as changes (one CRDT_EXIST per entity with
  * a causal length, one CRDT_FIELD per field), in a stable order: the state
  * as a delta, for snapshots and for comparing states in tests.  0 or

@@ -189,3 +189,29 @@ int crdt_doc_entity_digests(crdt_doc *doc, const char *name, crdt_entity_digest_
     cb(p->ents[i]->type, p->ents[i]->id, p->ents[i]->digest, arg);
   return 0;
 }
+
+int crdt_doc_pages(crdt_doc *doc, crdt_page_cb cb, void *arg) {
+  page **pages;
+  size_t np;
+  int rc = crdt__doc_sorted_pages(doc, &pages, &np);
+  if (rc)
+    return rc;
+  for (size_t i = 0; i < np; i++)
+    cb(pages[i]->name, arg);
+  crdt__free(doc->a, pages);
+  return 0;
+}
+
+int crdt_doc_page_entities(crdt_doc *doc, const char *name, const char *type, crdt_entity_cb cb,
+                           void *arg) {
+  page *p = crdt__doc_find_page(doc, name);
+  if (p == NULL)
+    return SP_ERR_NOENT;
+  crdt__page_sort(p);
+  for (size_t i = 0; i < p->n; i++) {
+    const entity *e = p->ents[i];
+    if (type == NULL || strcmp(e->type, type) == 0)
+      cb(e->type, e->id, e->cl, arg);
+  }
+  return 0;
+}

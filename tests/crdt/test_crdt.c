@@ -639,6 +639,39 @@ static void test_digest_equal_iff_state_equal(void **s) {
   crdt_doc_free(b);
 }
 
+static void on_page_name(const char *pg, void *arg) {
+  strcat((char *)arg, pg);
+  strcat((char *)arg, ";");
+}
+static void on_entity(const char *type, const char *id, uint32_t cl, void *arg) {
+  char tmp[64];
+  snprintf(tmp, sizeof tmp, "%s/%s/%u;", type, id, cl);
+  strcat((char *)arg, tmp);
+}
+
+static void test_iteration(void **s) {
+  (void)s;
+  crdt_doc *d;
+  assert_int_equal(crdt_doc_new(NULL, &d), 0);
+  crdt_change cs[] = {exist_change("p2", "incident", "i1", 1, H(1, 0), 1, 1),
+                      exist_change("p1", "component", "c2", 2, H(1, 0), 1, 2),
+                      exist_change("p1", "component", "c1", 1, H(1, 0), 1, 3),
+                      exist_change("p1", "incident", "i9", 1, H(1, 0), 1, 4)};
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(crdt_doc_merge(d, &cs[i]), 1);
+  char out[256] = "";
+  assert_int_equal(crdt_doc_pages(d, on_page_name, out), 0);
+  assert_string_equal(out, "p1;p2;");
+  out[0] = '\0';
+  assert_int_equal(crdt_doc_page_entities(d, "p1", NULL, on_entity, out), 0);
+  assert_string_equal(out, "component/c1/1;component/c2/2;incident/i9/1;");
+  out[0] = '\0';
+  assert_int_equal(crdt_doc_page_entities(d, "p1", "incident", on_entity, out), 0);
+  assert_string_equal(out, "incident/i9/1;");
+  assert_int_equal(crdt_doc_page_entities(d, "zz", NULL, on_entity, out), SP_ERR_NOENT);
+  crdt_doc_free(d);
+}
+
 /* ---- ids -------------------------------------------------------------------- */
 static void test_ids_sortable_and_unique(void **s) {
   (void)s;
@@ -784,6 +817,7 @@ int main(void) {
       cmocka_unit_test(test_merge_delta_reports_exactly_changed),
       cmocka_unit_test(test_gc_only_at_causal_stability),
       cmocka_unit_test(test_digest_equal_iff_state_equal),
+      cmocka_unit_test(test_iteration),
       cmocka_unit_test(test_ids_sortable_and_unique),
       cmocka_unit_test(test_doc_allocation_failure_sweep),
       cmocka_unit_test(test_delta_allocation_failure_sweep),

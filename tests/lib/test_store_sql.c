@@ -1,0 +1,256 @@
+/* The store's SQL (lib/sql/0001_store.sql) against crdt/: sp_merge_change
+ * must pick exactly the winners crdt_doc_merge picks, and report "changed"
+ * exactly when crdt does, for random changes in random orders (ties on hlc,
+ * NULLs, lives going up and stale lives, duplicates).  After each round the
+ * rows in PostgreSQL, loaded into a fresh crdt_doc, must have the same
+ * digest as the document that merged the same changes in memory.
+ * Also: sp_write's intents (create / set / delete / recreate / require),
+ * its errors, the dense per-region sequence and the change log. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <libpq-fe.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crdt.h"
+#include "sp_fixture.h"
+#include "sp_migrate.h"
+
+static sp_fixture_pg g_pg;
+
+static int setup(void **state) {
+  (void)state;
+  if (sp_fixture_pg_start(&g_pg))
+    return -1;
+  char dir[PATH_MAX], err[512];
+  const char *src = getenv("SP_SRCDIR");
+  snprintf(dir, sizeof dir, "%s/lib/sql", src && *src ? src : ".");
+  if (sp_migrate_run(g_pg.conninfo, dir, NULL, err, sizeof err)) {
+    fprintf(stderr, "migrate: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  sp_fixture_pg_stop(&g_pg);
+  return 0;
+}
+
+static PGconn *db_connect(void) {
+  PGconn *db = PQconnectdb(g_pg.conninfo);
+  assert_int_equal(PQstatus(db), CONNECTION_OK);
+  return db;
+}
+
+static void exec_ok(PGconn *db, const char *sql) {
+  PGresult *r = PQexec(db, sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+    fail_msg("%s: %s", sql, PQerrorMessage(db));
+  PQclear(r);
+}
+
+static uint64_t rnd(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Runs sp_merge_change for c; returns 1/0 as PostgreSQL says. */
+static int sql_merge(PGconn *db, const crdt_change *c) {
+  char kind[4], cl[16], hlc[32], region[8], origin[8], seq[32];
+  snprintf(kind, sizeof kind, "%d", c->kind == CRDT_FIELD ? 1 : 2);
+  snprintf(cl, sizeof cl, "%u", c->cl);
+  snprintf(hlc, sizeof hlc, "%llu", (unsigned long long)c->stamp.hlc);
+  snprintf(region, sizeof region, "%u", c->stamp.region);
+  snprintf(origin, sizeof origin, "%u", c->origin);
+  snprintf(seq, sizeof seq, "%llu", (unsigned long long)c->seq);
+  char value[64];
+  const char *v = NULL;
+  if (c->kind == CRDT_FIELD && !c->value_null) {
+    snprintf(value, sizeof value, "%.*s", (int)c->value_len, (const char *)c->value);
+    v = value;
+  }
+  const char *p[11] = {kind, c->page, c->type, c->id, c->kind == CRDT_FIELD ? c->field : NULL,
+                       v, cl, hlc, region, origin, seq};
+  PGresult *r = PQexecParams(db,
+                             "SELECT sp_merge_change($1::smallint, $2, $3, $4, $5, $6, "
+                             "$7::integer, $8::bigint, $9::smallint, $10::smallint, $11::bigint)",
+                             11, NULL, p, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    fail_msg("sp_merge_change: %s", PQerrorMessage(db));
+  int changed = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+  PQclear(r);
+  return changed;
+}
+
+/* Loads sp_entity + sp_field into a new document. */
+static crdt_doc *load_doc(PGconn *db) {
+  crdt_doc *d;
+  assert_int_equal(crdt_doc_new(NULL, &d), 0);
+  const char *q[2] = {"SELECT page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq FROM sp_entity",
+                      "SELECT page_id, type, id, field, value, cl, hlc, region, origin, seq FROM sp_field"};
+  for (int k = 0; k < 2; k++) {
+    PGresult *r = PQexec(db, q[k]);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    for (int i = 0; i < PQntuples(r); i++) {
+      crdt_change c;
+      memset(&c, 0, sizeof c);
+      c.kind = k == 0 ? CRDT_EXIST : CRDT_FIELD;
+      c.page = PQgetvalue(r, i, 0);
+      c.type = PQgetvalue(r, i, 1);
+      c.id = PQgetvalue(r, i, 2);
+      if (k == 1) {
+        c.field = PQgetvalue(r, i, 3);
+        c.value_null = PQgetisnull(r, i, 4);
+        c.value = c.value_null ? NULL : (const uint8_t *)PQgetvalue(r, i, 4);
+        c.value_len = c.value_null ? 0 : (size_t)PQgetlength(r, i, 4);
+      }
+      c.cl = (uint32_t)atoi(PQgetvalue(r, i, 5));
+      c.stamp.hlc = strtoull(PQgetvalue(r, i, 6), NULL, 10);
+      c.stamp.region = (crdt_region)atoi(PQgetvalue(r, i, 7));
+      c.origin = (crdt_region)atoi(PQgetvalue(r, i, 8));
+      c.seq = strtoull(PQgetvalue(r, i, 9), NULL, 10);
+      assert_int_equal(crdt_doc_merge(d, &c), 1);
+    }
+    PQclear(r);
+  }
+  return d;
+}
+
+static void test_sql_merge_matches_crdt(void **state) {
+  (void)state;
+  PGconn *db = db_connect();
+  static const char *pages[] = {"pa", "pb"}, *ids[] = {"e1", "e2", "e3"};
+  static const char *fields[] = {"name", "status", "body"};
+  static const char *values[] = {"a", "b", "ab", "", "B", "é"};
+  uint64_t seed = 42;
+  for (int round = 0; round < 40; round++) {
+    exec_ok(db, "TRUNCATE sp_entity, sp_field");
+    crdt_doc *mem;
+    assert_int_equal(crdt_doc_new(NULL, &mem), 0);
+    crdt_change cs[120];
+    int n = 20 + (int)(rnd(&seed) % 100);
+    for (int i = 0; i < n; i++) {
+      crdt_change *c = &cs[i];
+      memset(c, 0, sizeof *c);
+      c->kind = rnd(&seed) % 3 == 0 ? CRDT_EXIST : CRDT_FIELD;
+      c->page = pages[rnd(&seed) % 2];
+      c->type = "component";
+      c->id = ids[rnd(&seed) % 3];
+      c->cl = 1 + (uint32_t)(rnd(&seed) % 4);
+      c->stamp.hlc = CRDT_HLC_MAKE(1000 + rnd(&seed) % 4, rnd(&seed) % 2); /* many ties */
+      c->stamp.region = (crdt_region)(rnd(&seed) % 3);
+      c->origin = c->stamp.region;
+      c->seq = 1 + rnd(&seed) % 5;
+      if (c->kind == CRDT_FIELD) {
+        c->field = fields[rnd(&seed) % 3];
+        c->value_null = rnd(&seed) % 6 == 0;
+        if (!c->value_null) {
+          const char *v = values[rnd(&seed) % 6];
+          c->value = (const uint8_t *)v;
+          c->value_len = strlen(v);
+        }
+      }
+    }
+    /* each change once, then everything again in another order (duplicates) */
+    for (int pass = 0; pass < 2; pass++) {
+      for (int k = 0; k < n; k++) {
+        int i = pass == 0 ? k : (int)(rnd(&seed) % (uint64_t)n);
+        int a = crdt_doc_merge(mem, &cs[i]);
+        int b = sql_merge(db, &cs[i]);
+        assert_true(a >= 0);
+        if (a != b)
+          fail_msg("round %d change %d: crdt says %d, SQL says %d", round, i, a, b);
+      }
+    }
+    crdt_doc *fromdb = load_doc(db);
+    uint8_t d1[CRDT_DIGEST_LEN], d2[CRDT_DIGEST_LEN];
+    assert_int_equal(crdt_doc_digest(mem, d1), 0);
+    assert_int_equal(crdt_doc_digest(fromdb, d2), 0);
+    if (memcmp(d1, d2, sizeof d1) != 0)
+      fail_msg("round %d: PostgreSQL state differs from crdt state", round);
+    crdt_doc_free(mem);
+    crdt_doc_free(fromdb);
+  }
+  PQfinish(db);
+}
+
+static PGresult *write_ops(PGconn *db, const char *ops) {
+  const char *p[4] = {"3", "1790000000000", ops, NULL};
+  return PQexecParams(db, "SELECT sp_write($1::smallint, $2::bigint, $3::jsonb, $4::jsonb)", 4, NULL,
+                      p, NULL, NULL, 0);
+}
+
+static void expect_error(PGconn *db, const char *ops, const char *sqlstate) {
+  PGresult *r = write_ops(db, ops);
+  assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
+  assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), sqlstate);
+  PQclear(r);
+}
+
+static long count(PGconn *db, const char *sql) {
+  PGresult *r = PQexec(db, sql);
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  long v = atol(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return v;
+}
+
+static void test_sp_write_intents(void **state) {
+  (void)state;
+  PGconn *db = db_connect();
+  exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_outbox, sp_region_clock, sp_vclock");
+  PGresult *r = write_ops(db, "[{\"op\":\"create\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"},"
+                              "{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"API\"}]");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  PQclear(r);
+  /* create of an existing entity, set on a missing one, delete of a missing
+   * one, recreate of a live one, a malformed op: refused, nothing written */
+  long log_before = count(db, "SELECT count(*) FROM sp_change_log");
+  expect_error(db, "[{\"op\":\"create\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]", "23505");
+  expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"zz\",\"f\":\"name\",\"v\":\"x\"}]", "P0002");
+  expect_error(db, "[{\"op\":\"delete\",\"p\":\"p\",\"t\":\"component\",\"i\":\"zz\"}]", "P0002");
+  expect_error(db, "[{\"op\":\"recreate\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]", "P0002");
+  expect_error(db, "[{\"op\":\"explode\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]", "22023");
+  expect_error(db, "[{\"op\":\"set\",\"t\":\"component\",\"i\":\"c\"}]", "22023");
+  /* a failing op after a good one rolls the good one back too */
+  expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"half\"},"
+                   "{\"op\":\"require\",\"p\":\"p\",\"t\":\"incident\",\"i\":\"nope\"}]", "P0002");
+  assert_int_equal(count(db, "SELECT count(*) FROM sp_change_log"), log_before);
+  assert_int_equal(count(db, "SELECT count(*) FROM sp_field WHERE value = 'half'"), 0);
+  /* delete drops the fields; a set on the deleted entity is refused;
+   * recreate brings it back in a new life */
+  r = write_ops(db, "[{\"op\":\"delete\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  PQclear(r);
+  assert_int_equal(count(db, "SELECT count(*) FROM sp_field"), 0);
+  expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"x\"}]", "P0002");
+  r = write_ops(db, "[{\"op\":\"recreate\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"},"
+                    "{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"again\"}]");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  PQclear(r);
+  assert_int_equal(count(db, "SELECT cl FROM sp_entity WHERE id = 'c'"), 3);
+  /* sequence numbers are dense, stamps strictly increase, the vector follows */
+  assert_int_equal(count(db, "SELECT count(*) FROM sp_change_log WHERE origin = 3"), 5);
+  assert_int_equal(count(db, "SELECT max(seq) FROM sp_change_log WHERE origin = 3"), 5);
+  assert_int_equal(count(db, "SELECT seq FROM sp_vclock WHERE origin = 3"), 5);
+  assert_int_equal(count(db, "SELECT count(DISTINCT hlc) FROM sp_change_log"), 3);
+  PQfinish(db);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sql_merge_matches_crdt),
+      cmocka_unit_test(test_sp_write_intents),
+  };
+  return cmocka_run_group_tests_name("store_sql", tests, setup, teardown);
+}

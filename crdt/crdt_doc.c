@@ -498,8 +498,8 @@ int crdt_doc_field(const crdt_doc *doc, const char *pg, const char *type, const 
   if (idx < 0)
     return SP_ERR_NOENT;
   const field *f = &e->fields[idx];
-  if (value)
-    *value = f->is_null ? NULL : f->value;
+  if (value) /* an empty value has no storage but is not NULL */
+    *value = f->is_null ? NULL : (f->value ? f->value : (const uint8_t *)"");
   if (len)
     *len = f->len;
   if (stamp)

@@ -228,6 +228,13 @@ static void test_lww_register_total_order(void **s) {
   crdt_change cn = field_change("p", "component", "c1", "description", NULL, H(200, 0), 1, 2);
   assert_int_equal(crdt_doc_merge(d, &cn), 1);
   assert_string_equal(get_str(d, "c1", "description"), "<null>");
+  /* an empty string is a value, not NULL (a new register and an existing one) */
+  crdt_change ce = field_change("p", "component", "c1", "group_id", "", H(200, 0), 1, 3);
+  assert_int_equal(crdt_doc_merge(d, &ce), 1);
+  assert_string_equal(get_str(d, "c1", "group_id"), "");
+  crdt_change ce2 = field_change("p", "component", "c1", "description", "", H(201, 0), 1, 4);
+  assert_int_equal(crdt_doc_merge(d, &ce2), 1);
+  assert_string_equal(get_str(d, "c1", "description"), "");
   crdt_doc_free(d);
 }
 

@@ -206,14 +206,25 @@ int crdt_doc_field(const crdt_doc *doc, const char *page, const char *type,
                    size_t *len, crdt_stamp *stamp);
 size_t crdt_doc_entity_count(const crdt_doc *doc);
 
+typedef void (*crdt_page_cb)(const char *page, void *arg);
+typedef void (*crdt_entity_cb)(const char *type, const char *id, uint32_t cl, void *arg);
+
+/* Secondary indexes, for reads by a field's value (e.g. the updates of one
+ * incident among thousands).  crdt_doc_index declares (type, field) indexed;
+ * declare on an empty document (SP_ERR_BUSY otherwise), at most 8.
+ * crdt_doc_index_find calls cb for every entity of `page` whose field equals
+ * value[0..len) (in no particular order; NULL fields are not indexed).
+ * 0, SP_ERR_INVAL (not declared), SP_ERR_NOMEM. */
+int crdt_doc_index(crdt_doc *doc, const char *type, const char *field);
+int crdt_doc_index_find(crdt_doc *doc, const char *page, const char *type, const char *field,
+                        const uint8_t *value, size_t len, crdt_entity_cb cb, void *arg);
+
 /* Iteration, for building typed views.  crdt_doc_pages calls cb for every
  * page name in sorted order; crdt_doc_page_entities calls cb for every
  * entity of `page` whose type is `type` (NULL = all types), sorted by
  * (type, id), with its causal length (odd = alive).  Strings are borrowed
  * for the call.  The callbacks must not modify the document.  0,
  * SP_ERR_NOENT (unknown page) or SP_ERR_NOMEM. */
-typedef void (*crdt_page_cb)(const char *page, void *arg);
-typedef void (*crdt_entity_cb)(const char *type, const char *id, uint32_t cl, void *arg);
 int crdt_doc_pages(crdt_doc *doc, crdt_page_cb cb, void *arg);
 int crdt_doc_page_entities(crdt_doc *doc, const char *page, const char *type,
                            crdt_entity_cb cb, void *arg);

@@ -151,6 +151,7 @@ void crdt_doc_free(crdt_doc *doc) {
   for (size_t i = 0; i < doc->pcap; i++)
     if (doc->ptab[i])
       page_destroy(a, doc->ptab[i]);
+  crdt__index_free(doc);
   for (size_t i = 0; i < doc->ngrow; i++)
     crdt__free(a, doc->grow_only[i]);
   crdt__free(a, doc->grow_only);
@@ -197,8 +198,17 @@ static void invalidate(crdt_doc *doc, entity *e) {
 /* Unlinks e from its page and the table and frees it; frees the page when it
  * becomes empty (a replica that collected every entity of a page and one
  * that never saw the page must have equal states). */
+/* Drops field f of e from its index, if it is indexed. */
+static void unindex_field(crdt_doc *doc, entity *e, const field *f) {
+  int def = doc->nix ? crdt__index_def_of(doc, e->type, f->name) : -1;
+  if (def >= 0 && !f->is_null)
+    crdt__index_del(doc, e, def, f->value, f->len);
+}
+
 static void entity_remove(crdt_doc *doc, entity *e) {
   page *p = e->pg;
+  for (uint32_t i = 0; i < e->nfields; i++)
+    unindex_field(doc, e, &e->fields[i]);
   size_t last = p->n - 1;
   if (e->page_index != last) {
     p->ents[e->page_index] = p->ents[last];
@@ -375,7 +385,16 @@ static int merge_field(crdt_doc *doc, const crdt_change *c, const size_t *lens) 
       cmp = dot_cmp(c->origin, c->seq, f->origin, f->seq);
     if (cmp <= 0)
       return 0;
-    if ((rc = set_value(doc->a, f, c)))
+    int def = doc->nix ? crdt__index_def_of(doc, e->type, f->name) : -1;
+    if (def >= 0 && !c->value_null &&
+        (rc = crdt__index_reserve(doc, e, def, c->value, c->value_len)))
+      return rc;
+    if (def >= 0 && !f->is_null)
+      crdt__index_del(doc, e, def, f->value, f->len);
+    rc = set_value(doc->a, f, c); /* on failure f is unchanged */
+    if (def >= 0 && !f->is_null)
+      crdt__index_add(doc, e, def, f->value, f->len);
+    if (rc)
       return rc;
     invalidate(doc, e);
     return 1;
@@ -383,6 +402,9 @@ static int merge_field(crdt_doc *doc, const crdt_change *c, const size_t *lens) 
   /* A new register: allocate everything before touching the entity. */
   const crdt_allocator *a = doc->a;
   size_t pos = (size_t)(-idx - 1);
+  int def = doc->nix ? crdt__index_def_of(doc, e->type, c->field) : -1;
+  if (def >= 0 && !c->value_null && crdt__index_reserve(doc, e, def, c->value, c->value_len))
+    goto fail;
   if (e->nfields == e->capfields) {
     uint32_t ncap = e->capfields ? e->capfields * 2 : 4;
     field *nf = crdt__realloc(a, e->fields, ncap * sizeof *nf);
@@ -405,6 +427,8 @@ static int merge_field(crdt_doc *doc, const crdt_change *c, const size_t *lens) 
   memmove(&e->fields[pos + 1], &e->fields[pos], (e->nfields - pos) * sizeof *e->fields);
   e->fields[pos] = f;
   e->nfields++;
+  if (def >= 0 && !f.is_null)
+    crdt__index_add(doc, e, def, f.value, f.len);
   invalidate(doc, e);
   return 1;
 
@@ -437,6 +461,7 @@ static int merge_exist(crdt_doc *doc, const crdt_change *c, const size_t *lens) 
   uint32_t keep = 0;
   for (uint32_t i = 0; i < e->nfields; i++) {
     if (e->fields[i].cl < e->cl) {
+      unindex_field(doc, e, &e->fields[i]);
       crdt__free(doc->a, e->fields[i].name);
       crdt__free(doc->a, e->fields[i].value);
     } else {

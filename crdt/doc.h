@@ -45,8 +45,25 @@ typedef struct page {
   uint8_t digest[CRDT_DIGEST_LEN];
 } page;
 
+/* Secondary index (crdt_index.c): the live entities of one page whose
+ * indexed field has one value. */
+#define CRDT__MAX_INDEXES 8
+typedef struct posting {
+  uint64_t hash;
+  const struct page *pg;
+  uint32_t def; /* which declared index */
+  uint8_t *value;
+  size_t vlen;
+  entity **ents;
+  size_t n, cap;
+} posting;
+
 struct crdt_doc {
   const crdt_allocator *a;
+  char *ix_type[CRDT__MAX_INDEXES], *ix_field[CRDT__MAX_INDEXES];
+  size_t nix;
+  posting **ixtab; /* open addressing; postings are never removed */
+  size_t ixcap, ixcount;
   entity **etab; /* open addressing, power-of-two capacity */
   size_t ecap, ecount;
   page **ptab;
@@ -64,6 +81,16 @@ int crdt__doc_sorted_pages(const crdt_doc *doc, page ***out, size_t *n);
 /* Sorts a page's entities by (type, id) (keeps page_index right). */
 void crdt__page_sort(page *p);
 void crdt__entity_exist_change(const entity *e, crdt_change *c);
+
+/* Index maintenance (crdt_index.c).  def_of: the index of (type, field) or
+ * -1.  reserve makes room for e under value (the only step that allocates:
+ * call it before changing anything); add and del never allocate.  NULL
+ * values are not indexed. */
+int crdt__index_def_of(const crdt_doc *doc, const char *type, const char *field);
+int crdt__index_reserve(crdt_doc *doc, const entity *e, int def, const uint8_t *v, size_t len);
+void crdt__index_add(crdt_doc *doc, entity *e, int def, const uint8_t *v, size_t len);
+void crdt__index_del(crdt_doc *doc, entity *e, int def, const uint8_t *v, size_t len);
+void crdt__index_free(crdt_doc *doc);
 void crdt__field_change(const entity *e, const field *f, crdt_change *c);
 
 #endif

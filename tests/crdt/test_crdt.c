@@ -679,6 +679,80 @@ static void test_iteration(void **s) {
   crdt_doc_free(d);
 }
 
+/* Collects index hits as "id;" sorted, for comparison. */
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+typedef struct hits { char ids[16][16]; int n; } hits;
+static void on_hit(const char *type, const char *id, uint32_t cl, void *arg) {
+  (void)type; (void)cl;
+  hits *h = arg;
+  snprintf(h->ids[h->n++], 16, "%s", id);
+}
+static const char *found(crdt_doc *d, const char *page, const char *value) {
+  static char out[256];
+  hits h = {.n = 0};
+  assert_int_equal(crdt_doc_index_find(d, page, "component", "group_id", (const uint8_t *)value,
+                                       strlen(value), on_hit, &h), 0);
+  char *p[16];
+  for (int i = 0; i < h.n; i++)
+    p[i] = h.ids[i];
+  qsort(p, (size_t)h.n, sizeof p[0], cmp_str);
+  out[0] = '\0';
+  for (int i = 0; i < h.n; i++) {
+    strcat(out, p[i]);
+    strcat(out, ";");
+  }
+  return out;
+}
+
+static void test_secondary_index(void **s) {
+  (void)s;
+  crdt_doc *d;
+  assert_int_equal(crdt_doc_new(NULL, &d), 0);
+  assert_int_equal(crdt_doc_index(d, "component", "group_id"), 0);
+  crdt_change a = field_change("p", "component", "c1", "group_id", "g1", H(10, 0), 1, 1);
+  crdt_change b = field_change("p", "component", "c2", "group_id", "g1", H(10, 0), 1, 2);
+  crdt_change c = field_change("q", "component", "c3", "group_id", "g1", H(10, 0), 1, 3);
+  crdt_change other = field_change("p", "incident", "i1", "group_id", "g1", H(10, 0), 1, 4);
+  assert_int_equal(crdt_doc_merge(d, &a), 1);
+  assert_int_equal(crdt_doc_merge(d, &b), 1);
+  assert_int_equal(crdt_doc_merge(d, &c), 1);
+  assert_int_equal(crdt_doc_merge(d, &other), 1);
+  /* declaring on a non-empty document is refused */
+  assert_int_equal(crdt_doc_index(d, "component", "name"), SP_ERR_BUSY);
+  assert_int_equal(crdt_doc_index_find(d, "p", "component", "name", NULL, 0, on_hit, NULL),
+                   SP_ERR_INVAL);
+  assert_string_equal(found(d, "p", "g1"), "c1;c2;"); /* per page, per type */
+  assert_string_equal(found(d, "q", "g1"), "c3;");
+  assert_string_equal(found(d, "zz", "g1"), "");
+  /* a newer value moves it; a losing write does not */
+  crdt_change move = field_change("p", "component", "c1", "group_id", "g2", H(20, 0), 1, 5);
+  crdt_change stale = field_change("p", "component", "c2", "group_id", "g9", H(5, 0), 1, 6);
+  assert_int_equal(crdt_doc_merge(d, &move), 1);
+  assert_int_equal(crdt_doc_merge(d, &stale), 0);
+  assert_string_equal(found(d, "p", "g1"), "c2;");
+  assert_string_equal(found(d, "p", "g2"), "c1;");
+  assert_string_equal(found(d, "p", "g9"), "");
+  /* NULL is not indexed */
+  crdt_change nul = field_change("p", "component", "c2", "group_id", NULL, H(30, 0), 1, 7);
+  assert_int_equal(crdt_doc_merge(d, &nul), 1);
+  assert_string_equal(found(d, "p", "g1"), "");
+  /* a delete drops the old life's fields from the index; GC removes the rest */
+  crdt_change create = exist_change("p", "component", "c1", 1, H(1, 0), 1, 8);
+  crdt_change del = exist_change("p", "component", "c1", 2, H(40, 0), 1, 9);
+  assert_int_equal(crdt_doc_merge(d, &create), 1);
+  assert_int_equal(crdt_doc_merge(d, &del), 1);
+  assert_string_equal(found(d, "p", "g2"), "");
+  crdt_vclock acks[2];
+  crdt_vclock_init(&acks[0]);
+  crdt_vclock_init(&acks[1]);
+  acks[0].seq[0] = acks[0].seq[1] = 100;
+  assert_int_equal(crdt_doc_gc(d, acks, 2, NULL, NULL), 0); /* region 1 has not acked */
+  acks[1].seq[0] = acks[1].seq[1] = 100;
+  assert_int_equal(crdt_doc_gc(d, acks, 2, NULL, NULL), 1);
+  assert_string_equal(found(d, "p", "g2"), "");
+  crdt_doc_free(d);
+}
+
 /* ---- ids -------------------------------------------------------------------- */
 static void test_ids_sortable_and_unique(void **s) {
   (void)s;
@@ -716,6 +790,11 @@ static void run_merges(const crdt_allocator *a, int *failures) {
   crdt_doc *d;
   if (crdt_doc_new(a, &d) != 0) {
     (*failures)++;
+    return;
+  }
+  if (crdt_doc_index(d, "component", "f3") != 0) {
+    (*failures)++;
+    crdt_doc_free(d);
     return;
   }
   uint8_t before[32], after[32];
@@ -825,6 +904,7 @@ int main(void) {
       cmocka_unit_test(test_gc_only_at_causal_stability),
       cmocka_unit_test(test_digest_equal_iff_state_equal),
       cmocka_unit_test(test_iteration),
+      cmocka_unit_test(test_secondary_index),
       cmocka_unit_test(test_ids_sortable_and_unique),
       cmocka_unit_test(test_doc_allocation_failure_sweep),
       cmocka_unit_test(test_delta_allocation_failure_sweep),

@@ -4,6 +4,9 @@
  *   GET /ready    can it serve?  200, or 503 naming what is degraded:
  *                 {"status":"degraded","checks":{"postgres":"down",...}}
  *   GET /metrics  Prometheus text format
+ *   GET /_internal/digest  the region's state digest (crdt/), whole and per
+ *                 page: {"digest":"<hex>","pages":{"<page>":"<hex>"},"vector":{...}}
+ *                 for `statusctl verify` to prove regions converged
  *   POST /_test/clock {"advance_ms": N} | {"offset_ms": N}
  *                 moves this process's clock (only with --test-clock: the
  *                 maintenance auto-transition tests use it)
@@ -38,6 +41,8 @@ typedef struct series_entry {
 static struct {
   sp_metrics_family *requests, *latency, *rate_limited_f, *pool, *cache_f, *writes_f;
   sp_counter *rate_limited;
+  sp_metrics_family *hits_f;
+  sp_counter *hits[API_DOC_COUNT + 1]; /* by document kind; last = 304s */
   series_entry cache[SERIES_CACHE];
   size_t ncache;
   uv_timer_t maint;
@@ -108,9 +113,27 @@ int api_metrics_init(api_server *s) {
     const char *v[] = {"entities"};
     rc = sp_metrics_gauge_fn(g_ops.cache_f, v, cache_entities, s);
   }
+  static const char *hit_labels[] = {"document"};
+  if (!rc)
+    rc = sp_metrics_add_counter(m, "statusd_api_cache_hits_total",
+                                "Public reads answered from the pre-rendered cache, by document",
+                                hit_labels, 1, &g_ops.hits_f);
+  static const char *docs[API_DOC_COUNT + 1] = {
+      "summary", "status", "components", "incidents", "incidents_unresolved", "maintenances",
+      "maintenances_upcoming", "maintenances_active", "html", "not_modified"};
+  for (int i = 0; !rc && i <= API_DOC_COUNT; i++) {
+    const char *v[] = {docs[i]};
+    rc = sp_metrics_counter(g_ops.hits_f, v, &g_ops.hits[i]);
+  }
   if (rc)
     sp_log_error("cannot register metrics", "{s:s}", "error", sp_strerror(rc));
   return rc;
+}
+
+void api_metrics_cache_hit(int kind, int not_modified) {
+  if (kind < 0 || kind >= API_DOC_COUNT || g_ops.hits[kind] == NULL)
+    return;
+  sp_counter_add(g_ops.hits[not_modified ? API_DOC_COUNT : kind], 1);
 }
 
 void api_metrics_rate_limited(api_server *s) {
@@ -233,7 +256,59 @@ static void h_test_clock(sp_http_req *req, void *app) {
   sp_http_respond_json(req, 200, out, (size_t)n);
 }
 
+static void hex(const uint8_t *d, size_t n, char *out) {
+  static const char h[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = h[d[i] >> 4];
+    out[2 * i + 1] = h[d[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static void on_page_digest(const char *page, const uint8_t dg[CRDT_DIGEST_LEN], void *arg) {
+  char x[2 * CRDT_DIGEST_LEN + 1];
+  hex(dg, CRDT_DIGEST_LEN, x);
+  json_object_set_new(arg, page, json_string(x));
+}
+
+static void h_digest(sp_http_req *req, void *app) {
+  api_server *s = app;
+  uint8_t root[CRDT_DIGEST_LEN];
+  char x[2 * CRDT_DIGEST_LEN + 1];
+  json_t *pages = json_object(), *vec = json_object();
+  int rc = crdt_doc_digest(s->doc, root);
+  if (rc == 0)
+    rc = crdt_doc_page_digests(s->doc, on_page_digest, pages);
+  if (rc) {
+    json_decref(pages);
+    json_decref(vec);
+    sp_http_respond_error(req, 500, sp_strerror(rc), NULL);
+    return;
+  }
+  hex(root, CRDT_DIGEST_LEN, x);
+  const crdt_vclock *v = api_cache_merged(s);
+  for (int i = 0; i < CRDT_MAX_REGIONS; i++) {
+    if (v->seq[i]) {
+      char k[16];
+      snprintf(k, sizeof k, "%d", i);
+      json_object_set_new(vec, k, json_integer((json_int_t)v->seq[i]));
+    }
+  }
+  json_t *o = json_pack("{s:s,s:s,s:I,s:o,s:o}", "region", s->region->name, "digest", x,
+                        "entities", (json_int_t)crdt_doc_entity_count(s->doc), "pages", pages,
+                        "vector", vec);
+  char *body = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(o);
+  if (body == NULL) {
+    sp_http_respond_error(req, 500, "out of memory", NULL);
+    return;
+  }
+  sp_http_respond_json(req, 200, body, strlen(body));
+  free(body);
+}
+
 const sp_http_route api_ops_routes[] = {
+    {"GET", "/_internal/digest", h_digest},
     {"GET", "/health", h_health},
     {"GET", "/ready", h_ready},
     {"GET", "/metrics", h_metrics},

@@ -118,7 +118,9 @@ static void serve_doc(sp_http_req *req, api_server *s, const char *page, int kin
       {"X-Content-Type-Options", "nosniff"},
   };
   const char *inm = sp_http_req_header(req, "If-None-Match");
-  if (inm && etag_match(inm, d->etag))
+  int not_modified = inm && etag_match(inm, d->etag);
+  api_metrics_cache_hit(kind, not_modified);
+  if (not_modified)
     sp_http_respond(req, 304, h + 1, 7, NULL, 0);
   else
     sp_http_respond(req, 200, h, 8, d->body, d->len);

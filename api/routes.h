@@ -20,6 +20,9 @@ int api_routes(const sp_http_route **out, size_t *n);
 int api_metrics_init(api_server *s);
 void api_metrics_request(api_server *s, const char *method, const char *route, int status,
                          uint64_t duration_ns);
+/* Counts one public read served from the cache (kind: api_doc_kind; the
+ * render module calls it); not_modified for a 304. */
+void api_metrics_cache_hit(int kind, int not_modified);
 /* Counts one request refused by the rate limit (api_auth.c calls it). */
 void api_metrics_rate_limited(api_server *s);
 /* Starts the maintenance auto-transition timer; api_ops_stop closes it. */

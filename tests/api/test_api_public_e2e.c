@@ -646,6 +646,67 @@ static void test_write_visible_on_next_read(void **state) {
   json_decref(b);
 }
 
+/* /metrics is valid Prometheus text (promtool, a declared dependency, finds
+ * no problem) and counts cache hits; /_internal/digest is well-formed,
+ * stable while nothing changes, and moves with a write. */
+static void test_metrics_and_digest(void **state) {
+  (void)state;
+  char path[256];
+  path_of(path, sizeof path, W.page, "summary.json");
+  json_decref(it_public(&W.h, path, NULL, 200, NULL));
+  api_response r;
+  assert_int_equal(api_request(&W.h, "GET", "/metrics", NULL, NULL, &r), 0);
+  assert_int_equal(r.status, 200);
+  assert_non_null(strstr(r.body, "statusd_api_cache_hits_total{document=\"summary\"}"));
+  assert_non_null(strstr(r.body, "statusd_api_http_requests_total{"));
+  assert_non_null(strstr(r.body, "statusd_api_db_pool_connections{pool=\"write\",state=\"up\"}"));
+  char file[1200];
+  snprintf(file, sizeof file, "%s/metrics.txt", W.h.dir);
+  FILE *f = fopen(file, "w");
+  assert_non_null(f);
+  fwrite(r.body, 1, r.body_len, f);
+  fclose(f);
+  api_response_free(&r);
+  char cmd[2600];
+  snprintf(cmd, sizeof cmd, "promtool check metrics < %s > %s.out 2>&1", file, file);
+  int rc = system(cmd);
+  if (rc != 0) {
+    snprintf(cmd, sizeof cmd, "cat %s.out >&2", file);
+    (void)system(cmd);
+    fail_msg("promtool check metrics failed (%d)", rc);
+  }
+
+  assert_int_equal(api_request(&W.h, "GET", "/_internal/digest", NULL, NULL, &r), 0);
+  assert_int_equal(r.status, 200);
+  json_t *d1 = it_json(&r);
+  api_response_free(&r);
+  const char *root1 = json_string_value(json_object_get(d1, "digest"));
+  assert_non_null(root1);
+  assert_int_equal(strlen(root1), 64);
+  assert_non_null(json_object_get(json_object_get(d1, "pages"), W.page));
+  assert_int_equal(api_request(&W.h, "GET", "/_internal/digest", NULL, NULL, &r), 0);
+  json_t *d2 = it_json(&r);
+  api_response_free(&r);
+  assert_string_equal(json_string_value(json_object_get(d2, "digest")), root1);
+  char mpath[256];
+  snprintf(mpath, sizeof mpath, "/v1/pages/%s/components/%s", W.page, W.db);
+  json_decref(it_admin(&W.h, 200, "PATCH", mpath, "{\"component\":{\"description\":\"moved\"}}"));
+  assert_int_equal(api_request(&W.h, "GET", "/_internal/digest", NULL, NULL, &r), 0);
+  json_t *d3 = it_json(&r);
+  api_response_free(&r);
+  assert_string_not_equal(json_string_value(json_object_get(d3, "digest")), root1);
+  /* only the written page's digest moved */
+  assert_string_not_equal(
+      json_string_value(json_object_get(json_object_get(d3, "pages"), W.page)),
+      json_string_value(json_object_get(json_object_get(d1, "pages"), W.page)));
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(d3, "pages"), W.page_b)),
+      json_string_value(json_object_get(json_object_get(d1, "pages"), W.page_b)));
+  json_decref(d1);
+  json_decref(d2);
+  json_decref(d3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_client_bad_servers),
@@ -658,6 +719,7 @@ int main(void) {
       cmocka_unit_test(test_unknown_page_is_404_json),
       cmocka_unit_test(test_headers_etag_304),
       cmocka_unit_test(test_write_visible_on_next_read),
+      cmocka_unit_test(test_metrics_and_digest),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -148,6 +148,17 @@ static void finish(mg_ctx *c, int status, const char *body, size_t len, const ch
   sp_free(c);
 }
 
+void mg_append(json_t **arr, json_t *o) {
+  if (*arr == NULL || o == NULL) {
+    json_decref(o);
+    json_decref(*arr);
+    *arr = NULL;
+  } else if (json_array_append_new(*arr, o) != 0) { /* o already released */
+    json_decref(*arr);
+    *arr = NULL;
+  }
+}
+
 void mg_reply(mg_ctx *c, int status, json_t *v) {
   char *text = v ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
   json_decref(v);
@@ -614,11 +625,7 @@ MG_HANDLER(mg_pages_list) {
   for (size_t i = 0; a && i < n; i++) {
     if (!api_auth_page_ok(&c->key, pages[i].id))
       continue;
-    json_t *o = api_json_page_v1(&pages[i]);
-    if (o == NULL || json_array_append_new(a, o)) {
-      json_decref(a);
-      a = NULL;
-    }
+    mg_append(&a, api_json_page_v1(&pages[i]));
   }
   mg_reply(c, 200, a);
 }

@@ -235,11 +235,7 @@ MG_HANDLER(mg_components_list) {
   json_t *a = json_array();
   size_t from = (size_t)(page - 1) * (size_t)per;
   for (size_t i = from; a && i < n && i < from + (size_t)per; i++) {
-    json_t *o = api_json_component_v1(&all[i]);
-    if (o == NULL || json_array_append_new(a, o)) {
-      json_decref(a);
-      a = NULL;
-    }
+    mg_append(&a, api_json_component_v1(&all[i]));
   }
   mg_reply(c, 200, a);
 }
@@ -454,11 +450,7 @@ MG_HANDLER(mg_groups_list) {
       continue;
     if (k++ < from || json_array_size(a) >= (size_t)per)
       continue;
-    json_t *o = api_json_group_v1(&all[i]);
-    if (o == NULL || json_array_append_new(a, o)) {
-      json_decref(a);
-      a = NULL;
-    }
+    mg_append(&a, api_json_group_v1(&all[i]));
   }
   mg_reply(c, 200, a);
 }

@@ -672,11 +672,7 @@ static void list(mg_ctx *c, api_incident_filter filter, const char *q, long page
       continue;
     if (k++ < from)
       continue;
-    json_t *o = api_json_incident_v1(&v[i]);
-    if (o == NULL || json_array_append_new(a, o)) {
-      json_decref(a);
-      a = NULL;
-    }
+    mg_append(&a, api_json_incident_v1(&v[i]));
   }
   mg_reply(c, 200, a);
 }

@@ -240,11 +240,7 @@ MG_HANDLER(mg_subscribers_list) {
       continue;
     if (k++ < from)
       continue;
-    json_t *o = api_json_subscriber(x);
-    if (o == NULL || json_array_append_new(a, o)) {
-      json_decref(a);
-      a = NULL;
-    }
+    mg_append(&a, api_json_subscriber(x));
   }
   mg_reply(c, 200, a);
 }

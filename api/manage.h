@@ -130,6 +130,9 @@ void mg_lane(mg_ctx *c, const char *page, const char *what, mg_fn run);
 
 /* Answers with a JSON value (taken; NULL = 500 out of memory). */
 void mg_reply(mg_ctx *c, int status, json_t *v);
+/* Appends o (owned) to the list *arr; when o is NULL (out of memory) or the
+ * append fails, drops the whole list (*arr = NULL, so mg_reply answers 500). */
+void mg_append(json_t **arr, json_t *o);
 /* Answers with no body (204). */
 void mg_reply_empty(mg_ctx *c, int status);
 /* Answers {"message": ..., "field": ...} (field may be NULL). */

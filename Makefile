@@ -39,6 +39,7 @@ LDLIBS   += $(PKG_LIBS) -lhttp_parser -lm -lpthread
 LIB_SRCS     := $(wildcard lib/*.c)
 CRDT_SRCS    := $(wildcard crdt/*.c)
 API_SRCS     := $(filter-out api/main.c,$(wildcard api/*.c))
+OPS_SRCS     := $(wildcard ops/*.c)
 FIXTURE_SRCS := $(wildcard tests/fixture/*.c)
 TEST_SRCS    := $(wildcard tests/*/test_*.c)
 TOOL_SRCS    := $(wildcard tests/tools/*.c bench/*.c)
@@ -47,6 +48,7 @@ FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
 LIB_OBJS     := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CRDT_OBJS    := $(CRDT_SRCS:%.c=$(BUILD)/%.o)
 API_OBJS     := $(API_SRCS:%.c=$(BUILD)/%.o)
+OPS_OBJS     := $(OPS_SRCS:%.c=$(BUILD)/%.o)
 FIXTURE_OBJS := $(FIXTURE_SRCS:%.c=$(BUILD)/%.o)
 TEST_BINS    := $(TEST_SRCS:%.c=$(BUILD)/%)
 TOOL_BINS    := $(TOOL_SRCS:%.c=$(BUILD)/%)
@@ -54,7 +56,7 @@ TOOL_BINS    := $(TOOL_SRCS:%.c=$(BUILD)/%)
 LIBSP        := $(BUILD)/libsp.a
 LIBCRDT      := $(BUILD)/libcrdt.a
 LIBAPI       := $(BUILD)/libapi.a
-PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api)
+PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api) $(if $(OPS_SRCS),$(BUILD)/statusctl)
 LIBFIXTURE   := $(BUILD)/libspfixture.a
 
 .SECONDARY:
@@ -78,6 +80,9 @@ $(LIBAPI): $(API_OBJS)
 	$(AR) rcs $@ $^
 
 $(BUILD)/statusd-api: $(BUILD)/api/main.o $(LIBAPI) $(LIBCRDT) $(LIBSP)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/statusctl: $(OPS_OBJS) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(LIBFIXTURE): $(FIXTURE_OBJS)
@@ -119,4 +124,4 @@ run: deps
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(API_OBJS:.o=.d) $(BUILD)/api/main.d $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)
+-include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(API_OBJS:.o=.d) $(BUILD)/api/main.d $(OPS_OBJS:.o=.d) $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)

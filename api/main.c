@@ -4,13 +4,16 @@
  *               [--rate-limit RPS:BURST] [serve]
  *   statusd-api [--topology FILE] --region NAME migrate
  *   statusd-api [--topology FILE] --region NAME create-admin-key [--name NAME]
+ *               [--key KEY]
  *
  * serve (the default) applies the schema migrations, loads the region's
  * state from PostgreSQL into the cache, and serves HTTP on the region's
  * address and API port until SIGTERM/SIGINT (graceful: in-flight requests
  * finish).  --rate-limit (or $SP_RATE_LIMIT) sets the management API's
  * per-key token bucket (default 10:100, see api/auth.h).  create-admin-key makes an organisation admin key and prints it
- * once: the bootstrap step that needs no database console.
+ * once: the bootstrap step that needs no database console.  --key KEY uses
+ * the given key (20-100 characters of [A-Za-z0-9_-]) instead of a random
+ * one, so a deployment tool can record the key before it exists.
  *
  * The one per-process struct is `g_api` (api/internal.h), set up here.
  */
@@ -37,7 +40,8 @@ static api_server g_api;
 
 static void usage(FILE *f) {
   fprintf(f, "usage: statusd-api [--topology FILE] --region NAME [--test-clock] "
-             "[--rate-limit RPS:BURST] [serve | migrate | create-admin-key [--name NAME]]\n");
+             "[--rate-limit RPS:BURST] [serve | migrate | create-admin-key [--name NAME] "
+             "[--key KEY]]\n");
 }
 
 /* The directory of SQL migrations: $SP_SQL_DIR, else lib/sql beside the
@@ -93,25 +97,38 @@ static int do_migrate(const sp_topo_region *r) {
 
 /* ---- create-admin-key -------------------------------------------------------- */
 
-static int do_create_admin_key(api_server *s, const char *name) {
+/* 1 when `key` is acceptable for --key: 20-100 characters of [A-Za-z0-9_-]
+ * (what a random key looks like, and safe in a header and a shell). */
+static int admin_key_ok(const char *key) {
+  size_t n = strlen(key);
+  if (n < 20 || n > 100)
+    return 0;
+  return strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}
+
+static int do_create_admin_key(api_server *s, const char *name, const char *given) {
   if (do_migrate(s->region))
     return 1;
   char ci[1024];
   conninfo(s->region, ci, sizeof ci);
-  uint8_t raw[24];
-  if (RAND_bytes(raw, sizeof raw) != 1) {
-    fprintf(stderr, "statusd-api: no randomness for a key\n");
-    return 1;
+  char key[128], hash_hex[65];
+  if (given) {
+    snprintf(key, sizeof key, "%s", given);
+  } else {
+    uint8_t raw[24];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+      fprintf(stderr, "statusd-api: no randomness for a key\n");
+      return 1;
+    }
+    static const char hexd[] = "0123456789abcdef";
+    /* "sp_" + 48 hex characters */
+    memcpy(key, "sp_", 3);
+    for (size_t i = 0; i < sizeof raw; i++) {
+      key[3 + 2 * i] = hexd[raw[i] >> 4];
+      key[4 + 2 * i] = hexd[raw[i] & 15];
+    }
+    key[3 + 2 * sizeof raw] = '\0';
   }
-  static const char hexd[] = "0123456789abcdef";
-  char key[64], hash_hex[65];
-  /* "sp_" + 48 hex characters */
-  memcpy(key, "sp_", 3);
-  for (size_t i = 0; i < sizeof raw; i++) {
-    key[3 + 2 * i] = hexd[raw[i] >> 4];
-    key[4 + 2 * i] = hexd[raw[i] & 15];
-  }
-  key[3 + 2 * sizeof raw] = '\0';
   api_key_hash_hex(key, hash_hex);
   char now[40];
   api_format_time(api_now_ms(s), now, sizeof now);
@@ -258,11 +275,13 @@ int main(int argc, char **argv) {
   const char *topo_path = getenv("SP_TOPOLOGY");
   const char *region = getenv("SP_REGION");
   const char *key_name = NULL;
+  const char *given_key = NULL;
   const char *rate_limit = getenv("SP_RATE_LIMIT");
   int test_clock = 0;
   static const struct option opts[] = {{"topology", required_argument, NULL, 't'},
                                        {"region", required_argument, NULL, 'r'},
                                        {"name", required_argument, NULL, 'n'},
+                                       {"key", required_argument, NULL, 'k'},
                                        {"test-clock", no_argument, NULL, 'C'},
                                        {"rate-limit", required_argument, NULL, 'L'},
                                        {"help", no_argument, NULL, 'h'},
@@ -273,6 +292,7 @@ int main(int argc, char **argv) {
     case 't': topo_path = optarg; break;
     case 'r': region = optarg; break;
     case 'n': key_name = optarg; break;
+    case 'k': given_key = optarg; break;
     case 'C': test_clock = 1; break;
     case 'L': rate_limit = optarg; break;
     case 'h': usage(stdout); return 0;
@@ -288,6 +308,15 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "create-admin-key")) {
     fprintf(stderr, "statusd-api: unknown command '%s'\n", cmd);
     usage(stderr);
+    return 2;
+  }
+  if (given_key && strcmp(cmd, "create-admin-key")) {
+    fprintf(stderr, "statusd-api: --key is only for create-admin-key\n");
+    usage(stderr);
+    return 2;
+  }
+  if (given_key && !admin_key_ok(given_key)) {
+    fprintf(stderr, "statusd-api: --key: expected 20-100 characters of [A-Za-z0-9_-]\n");
     return 2;
   }
   if (rate_limit && *rate_limit) {
@@ -329,7 +358,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "migrate") == 0)
     rc = do_migrate(s->region) ? 1 : 0;
   else if (strcmp(cmd, "create-admin-key") == 0)
-    rc = do_create_admin_key(s, key_name);
+    rc = do_create_admin_key(s, key_name, given_key);
   else
     rc = serve(s);
   sp_topo_free(topo);

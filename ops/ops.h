@@ -50,9 +50,10 @@ typedef enum ops_proc_kind {
   OPS_NPROCS
 } ops_proc_kind;
 
-/* Who runs the services: when statusctl runs as root, the unprivileged
- * $SP_USER ("statuspage", made by `make deps`), because PostgreSQL refuses
- * root and nothing else needs it; otherwise the caller. */
+/* Who runs PostgreSQL and Redis: when statusctl runs as root, the
+ * unprivileged $SP_USER ("statuspage", made by `make deps`), because
+ * PostgreSQL refuses root; otherwise the caller.  statusd-api and
+ * statusd-replicad always run as the caller. */
 typedef struct ops_user {
   char name[64];
   uid_t uid;

@@ -222,7 +222,11 @@ int ops_proc_start(const ops_ctx *c, const sp_topo_region *r, ops_proc_kind k, c
   int logfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (logfd < 0)
     return -errno;
-  pid_t p = spawn(&c->user, 1, 1, cwd, logfd, logfd, argv);
+  /* Only PostgreSQL (which refuses root) and Redis drop to the unprivileged
+   * user; statusd-api and statusd-replicad run as the caller, who can always
+   * reach the binaries and lib/sql wherever the checkout lives. */
+  int drop = k == OPS_POSTGRES || k == OPS_REDIS;
+  pid_t p = spawn(&c->user, drop, 1, cwd, logfd, logfd, argv);
   close(logfd);
   if (p < 0)
     return p;

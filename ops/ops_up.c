@@ -27,6 +27,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sp_err.h"
@@ -101,9 +102,48 @@ static int port_ok(const sp_topo_region *r, ops_proc_kind k, const char *address
   return -1;
 }
 
+/* PostgreSQL and Redis run as the unprivileged user and must reach their
+ * data under the state dir.  A checkout in a private directory (root's
+ * home, a mktemp -d dir) would stop them, so every ancestor that others
+ * cannot search gets the search bit (o+x: pass through, not list), and we
+ * say so.  0 or OPS_EXIT_FAIL (reported). */
+static int make_reachable(const ops_ctx *c, const char *dir) {
+  if (!c->user.drop)
+    return 0;
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s", dir);
+  for (;;) {
+    char *slash = strrchr(path, '/');
+    if (slash == NULL)
+      return 0;
+    if (slash == path)
+      slash[1] = '\0'; /* "/" itself */
+    else
+      *slash = '\0';
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && !(st.st_mode & S_IXOTH) &&
+        st.st_uid != c->user.uid) {
+      if (chmod(path, (st.st_mode & 07777) | S_IXOTH) != 0) {
+        fprintf(stderr, "statusctl: %s: cannot make it searchable for user %s (%s); PostgreSQL "
+                        "runs as %s and must reach its data below it\n",
+                path, c->user.name, strerror(errno), c->user.name);
+        return OPS_EXIT_FAIL;
+      }
+      printf("made %s searchable by others (o+x) so %s can reach the data below it\n", path,
+             c->user.name);
+    }
+    if (strcmp(path, "/") == 0)
+      return 0;
+  }
+}
+
 static int make_dirs(const ops_ctx *c, char *err, size_t errlen) {
   const sp_topo *t = c->topo;
   int rc = ops_mkdir(t->state_dir, 0755, NULL, err, errlen);
+  if (rc == 0 && make_reachable(c, t->state_dir)) {
+    snprintf(err, errlen, "%s is not reachable by user %s", t->state_dir, c->user.name);
+    return SP_ERR_ACCES;
+  }
   for (size_t i = 0; rc == 0 && i < t->nregions; i++) {
     const sp_topo_region *r = &t->regions[i];
     char run[PATH_MAX + 8];
@@ -282,7 +322,7 @@ static int ensure_key(ops_ctx *c, ops_state *st, int *created) {
   char *const argv[] = {prog,        "--topology", (char *)c->topo->path, "--region",
                         (char *)r->name, "create-admin-key", "--name", "statusctl",
                         "--key",     st->admin_key, NULL};
-  int rc = ops_run(c, 1, log, 0, argv, 60000);
+  int rc = ops_run(c, 0, log, 0, argv, 60000); /* as the caller, like statusd-api */
   if (rc != 0) {
     char msg[128];
     snprintf(msg, sizeof msg, "create-admin-key failed (%s %d)", rc < 0 ? "error" : "exit", rc);

@@ -22,7 +22,8 @@ PKGS := libuv libpq hiredis libprotobuf-c libnghttp2 openssl jansson libcurl
 WARN := -Wall -Wextra -Wstrict-prototypes -Wshadow -Wpointer-arith \
         -Wformat=2 -Wno-format-nonliteral -Wmissing-prototypes -Wvla
 CFLAGS   ?= $(OPT) -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -fno-common -MMD -MP -Ilib -Icrdt -Iapi -Itests/fixture
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -fno-common -MMD -MP -Ilib -Icrdt -Iapi -Itests/fixture \
+            -Ireplication -I$(BUILD)/gen
 ifneq ($(WERROR),)
 CFLAGS   += -Werror
 endif
@@ -44,18 +45,25 @@ FIXTURE_SRCS := $(wildcard tests/fixture/*.c)
 TEST_SRCS    := $(wildcard tests/*/test_*.c)
 TOOL_SRCS    := $(wildcard tests/tools/*.c bench/*.c)
 FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
+REPL_SRCS    := $(filter-out replication/main.c,$(wildcard replication/*.c))
+PROTO_SRCS   := $(wildcard proto/*.proto)
 
 LIB_OBJS     := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CRDT_OBJS    := $(CRDT_SRCS:%.c=$(BUILD)/%.o)
 API_OBJS     := $(API_SRCS:%.c=$(BUILD)/%.o)
 OPS_OBJS     := $(OPS_SRCS:%.c=$(BUILD)/%.o)
 FIXTURE_OBJS := $(FIXTURE_SRCS:%.c=$(BUILD)/%.o)
+REPL_OBJS    := $(REPL_SRCS:%.c=$(BUILD)/%.o)
+PROTO_GEN    := $(PROTO_SRCS:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
+PROTO_OBJS   := $(PROTO_GEN:.c=.o)
 TEST_BINS    := $(TEST_SRCS:%.c=$(BUILD)/%)
 TOOL_BINS    := $(TOOL_SRCS:%.c=$(BUILD)/%)
 
 LIBSP        := $(BUILD)/libsp.a
 LIBCRDT      := $(BUILD)/libcrdt.a
 LIBAPI       := $(BUILD)/libapi.a
+LIBREPL      := $(BUILD)/librepl.a
+LIBPROTO     := $(BUILD)/libproto.a
 PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api) $(if $(OPS_SRCS),$(BUILD)/statusctl)
 LIBFIXTURE   := $(BUILD)/libspfixture.a
 
@@ -85,11 +93,29 @@ $(BUILD)/statusd-api: $(BUILD)/api/main.o $(LIBAPI) $(LIBCRDT) $(LIBSP)
 $(BUILD)/statusctl: $(OPS_OBJS) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+# protoc-c generates the C code of proto/*.proto at build time (never committed).
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(@D)
+	protoc-c --c_out=$(@D) -Iproto $<
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBPROTO): $(PROTO_OBJS)
+	$(AR) rcs $@ $^
+
+$(LIBREPL): $(REPL_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+# Objects that may include a generated header wait for it.
+$(REPL_OBJS) $(TEST_SRCS:%.c=$(BUILD)/%.o): | $(PROTO_GEN:.c=.h)
+
 $(LIBFIXTURE): $(FIXTURE_OBJS)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBFIXTURE) $(if $(API_SRCS),$(LIBAPI)) $(LIBCRDT) $(LIBSP)
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBFIXTURE) $(if $(API_SRCS),$(LIBAPI)) $(LIBREPL) $(LIBPROTO) $(LIBCRDT) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIBCRDT) $(LIBSP)
@@ -125,3 +151,4 @@ clean:
 	rm -rf build
 
 -include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(API_OBJS:.o=.d) $(BUILD)/api/main.d $(OPS_OBJS:.o=.d) $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)
+-include $(REPL_OBJS:.o=.d) $(PROTO_OBJS:.o=.d)

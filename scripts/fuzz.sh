@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 SECS=${FUZZ_SECONDS:-20}
 OUT=build/fuzz
 mkdir -p "$OUT"
+# The protobuf-c code of proto/*.proto, generated as the Makefile does.
+GEN=$OUT/gen
+mkdir -p "$GEN"
+protoc-c --c_out="$GEN" -Iproto proto/*.proto
 PKGS="libuv libpq hiredis libnghttp2 openssl jansson libcurl libprotobuf-c"
-CFLAGS="-g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Ilib -Icrdt -I. $(pkg-config --cflags $PKGS)"
+CFLAGS="-g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Ilib -Icrdt -Ireplication -I$GEN -I. $(pkg-config --cflags $PKGS)"
 LIBS="$(pkg-config --libs $PKGS) -lhttp_parser -lm -lpthread"
 shopt -s nullglob
 targets=(tests/fuzz/fuzz_*.c)
@@ -20,7 +24,7 @@ for src in "${targets[@]}"; do
   name=$(basename "$src" .c); name=${name#fuzz_}
   bin="$OUT/fuzz_$name"
   # Link the target with every library source except the fuzz entry points.
-  clang $CFLAGS "$src" lib/*.c crdt/*.c $LIBS -o "$bin"
+  clang $CFLAGS "$src" lib/*.c crdt/*.c replication/repl_*.c "$GEN"/*.pb-c.c $LIBS -o "$bin"
   corpus="$OUT/corpus-$name"
   mkdir -p "$corpus"
   seeds=tests/fuzz/corpus/$name

@@ -22,6 +22,7 @@
  * nghttp2 callback or a user callback; it never frees the connection.
  */
 #include "sp_h2.h"
+#include "sp_list.h"
 
 #include "sp_alloc.h"
 #include "sp_err.h"
@@ -46,25 +47,7 @@
 
 /* ---- small pieces ---------------------------------------------------------- */
 
-typedef struct h2_link {
-  struct h2_link *prev, *next;
-} h2_link;
-
-static void link_init(h2_link *l) { l->prev = l->next = l; }
-static int link_empty(const h2_link *l) { return l->next == l; }
-static void link_add(h2_link *head, h2_link *l) {
-  l->prev = head->prev;
-  l->next = head;
-  head->prev->next = l;
-  head->prev = l;
-}
-static void link_del(h2_link *l) {
-  if (l->prev == NULL)
-    return;
-  l->prev->next = l->next;
-  l->next->prev = l->prev;
-  l->prev = l->next = NULL;
-}
+typedef sp_list h2_link;
 
 /* Header fields of one message: "name\0value\0" pairs in one capped buffer,
  * indexed once complete. */
@@ -351,7 +334,7 @@ static void req_free(h2_req *r) {
 /* Takes a server stream off its connection. */
 static void stream_unlink(sp_h2_stream *st) {
   if (st->link.prev) {
-    link_del(&st->link);
+    sp_list_del(&st->link);
     st->conn->nstreams--;
   }
 }
@@ -366,7 +349,7 @@ static void stream_detach(sp_h2_stream *st) {
 
 static void req_unlink(h2_req *r) {
   if (r->link.prev) {
-    link_del(&r->link);
+    sp_list_del(&r->link);
     r->conn->nstreams--;
   }
 }
@@ -444,7 +427,7 @@ static void conn_end(sp_h2_conn *c, int err, const char *reason) {
   /* streams: requests fail once; handlers' streams are detached */
   int req_err = err == 0 ? SP_ERR_CANCELED
                          : err == SP_ERR_CLOSED ? SP_ERR_CONNRESET : err;
-  while (!link_empty(&c->streams)) {
+  while (!sp_list_empty(&c->streams)) {
     h2_link *l = c->streams.next;
     if (c->cli) {
       req_finish(CONTAINER_OF(l, h2_req, link), req_err);
@@ -847,7 +830,7 @@ static int srv_begin_headers(sp_h2_conn *c, const nghttp2_frame *f) {
   hf_init(&st->hf, c->cfg->max_header_list_bytes);
   sp_buf_init(&st->body, c->cfg->max_body_bytes);
   sp_buf_init(&st->resp, SP_BUF_UNLIMITED);
-  link_add(&c->streams, &st->link);
+  sp_list_add(&c->streams, &st->link);
   c->nstreams++;
   nghttp2_session_set_stream_user_data(c->ng, st->id, st);
   return 0;
@@ -1182,7 +1165,7 @@ static int conn_engine_init(sp_h2_conn *c, const sp_h2_config *cfg,
                             sp_tls_ctx *tls, const char *peer_name,
                             nghttp2_session_callbacks *cbs) {
   c->cfg = cfg;
-  link_init(&c->streams);
+  sp_list_init(&c->streams);
   sp_buf_init(&c->out, OUT_MAX);
   sp_buf_init(&c->wbuf, OUT_MAX);
   sp_buf_init(&c->plain, OUT_HIGH_WATER + 2 * TLS_CHUNK);
@@ -1379,7 +1362,7 @@ static void on_server_conn_closed(uv_handle_t *h) {
     return;
   sp_h2_server *srv = c->srv;
   conn_engine_release(c);
-  link_del(&c->link);
+  sp_list_del(&c->link);
   srv->nconns--;
   sp_free(c);
   server_maybe_done(srv);
@@ -1445,7 +1428,7 @@ static void on_connection(uv_stream_t *ls, int status) {
   uv_tcp_init(srv->loop, &c->tcp);
   uv_timer_init(srv->loop, &c->timer);
   uv_prepare_init(srv->loop, &c->flusher);
-  link_add(&srv->conns, &c->link);
+  sp_list_add(&srv->conns, &c->link);
   srv->nconns++;
   if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
     c->ended = 1;
@@ -1487,7 +1470,7 @@ int sp_h2_server_new(uv_loop_t *loop, sp_tls_ctx *tls, const sp_h2_config *cfg,
   srv->cfg = *cfg;
   srv->on_request = on_request;
   srv->arg = arg;
-  link_init(&srv->conns);
+  sp_list_init(&srv->conns);
   if (make_callbacks(&srv->cbs))
     goto fail_cbs;
   if (loop) {
@@ -1732,7 +1715,7 @@ int sp_h2_conn_mem_new(sp_h2_server *srv, sp_h2_conn **out) {
   }
   snprintf(c->addr, sizeof c->addr, "memory");
   c->connected = 1;
-  link_add(&srv->conns, &c->link);
+  sp_list_add(&srv->conns, &c->link);
   srv->nconns++;
   *out = c;
   return 0;
@@ -1769,7 +1752,7 @@ void sp_h2_conn_mem_free(sp_h2_conn *c) {
   if (c == NULL)
     return;
   conn_end(c, SP_ERR_CONNRESET, "closed");
-  link_del(&c->link);
+  sp_list_del(&c->link);
   c->srv->nconns--;
   conn_engine_release(c);
   sp_free(c);
@@ -1955,7 +1938,7 @@ int sp_h2_client_request(sp_h2_client *cli, const char *method,
     return id == NGHTTP2_ERR_NOMEM ? SP_ERR_NOMEM : SP_ERR_CLOSED;
   }
   r->id = id;
-  link_add(&c->streams, &r->link);
+  sp_list_add(&c->streams, &r->link);
   c->nstreams++;
   if (c->tls_done)
     conn_schedule(c);

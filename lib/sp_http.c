@@ -29,23 +29,6 @@
 #define READ_BUF_SIZE (64 * 1024)
 #define KEEP_OUT_BYTES (64 * 1024) /* larger output buffers are freed */
 
-static void link_init(sp_http_link *l) { l->prev = l->next = l; }
-
-static void link_add(sp_http_link *head, sp_http_link *l) {
-  l->prev = head->prev;
-  l->next = head;
-  head->prev->next = l;
-  head->prev = l;
-}
-
-static void link_del(sp_http_link *l) {
-  if (l->prev == NULL)
-    return;
-  l->prev->next = l->next;
-  l->next->prev = l->prev;
-  l->prev = l->next = NULL;
-}
-
 void sp_http_config_init(sp_http_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->max_header_bytes = 16 * 1024;
@@ -103,8 +86,8 @@ void sp_http_conn_close(sp_http_conn *c) {
   if (c->closed)
     return;
   c->closed = 1;
-  link_del(&c->dirty);
-  link_del(&c->link);
+  sp_list_del(&c->dirty);
+  sp_list_del(&c->link);
   /* abort callbacks may run here; c stays valid until the close callbacks */
   sp_http_conn_drop_requests(c);
   if (c->mem)
@@ -296,7 +279,7 @@ void sp_http_conn_io_update(sp_http_conn *c) {
   }
   sp_http_server *srv = c->srv;
   if (c->out.len && !c->writing && c->dirty.prev == NULL)
-    link_add(&srv->dirty, &c->dirty);
+    sp_list_add(&srv->dirty, &c->dirty);
   if (c->close_after_write && !c->shutdown_sent && !c->out.len &&
       !c->writing) {
     begin_close(c);
@@ -387,7 +370,7 @@ static void on_prepare(uv_prepare_t *h) {
   sp_http_server *srv = SP_CONTAINER_OF(h, sp_http_server, flusher);
   while (srv->dirty.next != &srv->dirty) {
     sp_http_link *l = srv->dirty.next;
-    link_del(l);
+    sp_list_del(l);
     flush(SP_CONTAINER_OF(l, sp_http_conn, dirty));
   }
 }
@@ -419,7 +402,7 @@ static void accept_one(sp_http_server *srv) {
   sp_http_conn_engine_init(c, srv);
   uv_tcp_init(srv->loop, &c->tcp);
   uv_timer_init(srv->loop, &c->timer);
-  link_add(&srv->conns, &c->link);
+  sp_list_add(&srv->conns, &c->link);
   srv->nconns++;
   c->activity_ms = uv_now(srv->loop);
   if (uv_accept(ls, (uv_stream_t *)&c->tcp)) {
@@ -473,8 +456,8 @@ int sp_http_server_new(uv_loop_t *loop, const sp_http_config *cfg,
   srv->loop = loop;
   srv->cfg = *cfg;
   srv->app = app;
-  link_init(&srv->conns);
-  link_init(&srv->dirty);
+  sp_list_init(&srv->conns);
+  sp_list_init(&srv->dirty);
   rc = sp_http_route_table_new(routes, nroutes, &srv->routes);
   if (rc)
     goto fail_routes;
@@ -619,18 +602,18 @@ int sp_http_server_shutdown(sp_http_server *srv, sp_http_shutdown_cb done,
   /* Move every connection to a private list and take them one by one, so
    * abort callbacks that close other connections cannot break the walk. */
   sp_http_link todo;
-  link_init(&todo);
+  sp_list_init(&todo);
   if (srv->conns.next != &srv->conns) {
     todo.next = srv->conns.next;
     todo.prev = srv->conns.prev;
     todo.next->prev = &todo;
     todo.prev->next = &todo;
-    link_init(&srv->conns);
+    sp_list_init(&srv->conns);
   }
   while (todo.next != &todo) {
     sp_http_link *l = todo.next;
-    link_del(l);
-    link_add(&srv->conns, l);
+    sp_list_del(l);
+    sp_list_add(&srv->conns, l);
     sp_http_conn *c = SP_CONTAINER_OF(l, sp_http_conn, link);
     int in_handler = c->qhead && c->qhead->state != REQ_QUEUED;
     if (in_handler) {
@@ -711,7 +694,7 @@ int sp_http_conn_mem_new(sp_http_server *srv, sp_http_conn **out) {
     return SP_ERR_NOMEM;
   c->mem = 1;
   sp_http_conn_engine_init(c, srv);
-  link_add(&srv->conns, &c->link);
+  sp_list_add(&srv->conns, &c->link);
   srv->nconns++;
   *out = c;
   return 0;

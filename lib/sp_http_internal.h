@@ -13,6 +13,7 @@
 #define SP_HTTP_INTERNAL_H
 
 #include "sp_http.h"
+#include "sp_list.h"
 
 #include <http_parser.h>
 #include <stdint.h>
@@ -22,9 +23,7 @@
   ((type *)((char *)(ptr)-offsetof(type, field)))
 
 /* Intrusive doubly-linked list; an unlinked node has prev == NULL. */
-typedef struct sp_http_link {
-  struct sp_http_link *prev, *next;
-} sp_http_link;
+typedef sp_list sp_http_link;
 
 enum sp_http_req_state {
   REQ_PARSING,   /* being received */

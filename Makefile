@@ -64,7 +64,8 @@ LIBCRDT      := $(BUILD)/libcrdt.a
 LIBAPI       := $(BUILD)/libapi.a
 LIBREPL      := $(BUILD)/librepl.a
 LIBPROTO     := $(BUILD)/libproto.a
-PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api) $(if $(OPS_SRCS),$(BUILD)/statusctl)
+PROGRAMS     := $(if $(API_SRCS),$(BUILD)/statusd-api) $(if $(OPS_SRCS),$(BUILD)/statusctl) \
+                $(if $(wildcard replication/main.c),$(BUILD)/statusd-replicad)
 LIBFIXTURE   := $(BUILD)/libspfixture.a
 
 .SECONDARY:
@@ -90,6 +91,9 @@ $(LIBAPI): $(API_OBJS)
 $(BUILD)/statusd-api: $(BUILD)/api/main.o $(LIBAPI) $(LIBCRDT) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+$(BUILD)/statusd-replicad: $(BUILD)/replication/main.o $(LIBREPL) $(LIBPROTO) $(LIBCRDT) $(LIBSP)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
 $(BUILD)/statusctl: $(OPS_OBJS) $(LIBSP)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -109,7 +113,7 @@ $(LIBREPL): $(REPL_OBJS)
 	$(AR) rcs $@ $^
 
 # Objects that may include a generated header wait for it.
-$(REPL_OBJS) $(TEST_SRCS:%.c=$(BUILD)/%.o): | $(PROTO_GEN:.c=.h)
+$(REPL_OBJS) $(BUILD)/replication/main.o $(TEST_SRCS:%.c=$(BUILD)/%.o): | $(PROTO_GEN:.c=.h)
 
 $(LIBFIXTURE): $(FIXTURE_OBJS)
 	@mkdir -p $(@D)
@@ -151,4 +155,4 @@ clean:
 	rm -rf build
 
 -include $(LIB_OBJS:.o=.d) $(CRDT_OBJS:.o=.d) $(API_OBJS:.o=.d) $(BUILD)/api/main.d $(OPS_OBJS:.o=.d) $(FIXTURE_OBJS:.o=.d) $(TEST_BINS:=.d) $(TOOL_BINS:=.d)
--include $(REPL_OBJS:.o=.d) $(PROTO_OBJS:.o=.d)
+-include $(REPL_OBJS:.o=.d) $(PROTO_OBJS:.o=.d) $(BUILD)/replication/main.d

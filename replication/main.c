@@ -28,8 +28,26 @@
  * (Prometheus text; per-peer lag in ms = age of the oldest local change the
  * peer has not acknowledged).
  *
- * Not done: snapshots (a peer needing rows we no longer have); the log is
- * never trimmed, so the engine never asks for one in this deployment.
+ * Repair paths (lib/sql/0005_repl_repair.sql):
+ *   - relay: rows of a third region's origin go to a peer that has been
+ *     behind us for it for RELAY_LAG_MS, or at once while that origin's
+ *     daemon is unreachable from here; off again once the peer caught up.
+ *     What a peer has is learnt from its acks and from the sender vector
+ *     of its own batches (learn_peer_vector);
+ *   - acks: each peer's acknowledged vector is upserted into sp_peer_ack
+ *     when it changes; every TRIM_MS sp_trim_log deletes the change-log
+ *     rows every peer acknowledged and that are older than the retention
+ *     (--log-retention-ms or SP_REPL_LOG_RETENTION_MS, default 1 h), and
+ *     raises sp_log_floor.  A peer whose send cursor is below the floor
+ *     makes the source answer SP_ERR_RANGE, which puts the session in
+ *     snapshot mode;
+ *   - snapshots: in snapshot mode the chunks are read from sp_entity and
+ *     sp_field (SNAP_ENTITIES entities with their fields, after the vector)
+ *     and POSTed to /repl/v1/snapshot; received chunks are merged with
+ *     sp_apply_snapshot (crdt/'s rules, no change-log rows), which on the
+ *     last chunk adopts the vector as a pointwise max and raises the floor.
+ * A field whose entity row is missing (never the case for rows written
+ * through sp_write) is not carried by a snapshot.
  *
  * Memory: one process struct `g` (the documented per-process global) owns
  * the peers, sessions, pool, server and clients; freed after the loop ends.
@@ -67,19 +85,34 @@
 #define MAX_CHANGES 1000
 #define WINDOW 2
 #define LOAD_LIMIT "3000" /* >= WINDOW * MAX_CHANGES + one batch */
+#define RELAY_LAG_MS 500     /* a peer this far behind us for an origin gets it relayed */
+#define SNAP_ENTITIES 100 /* per chunk, with all their fields */
+#define SNAP_ENTITIES_S "100"
+#define TRIM_MS 1000         /* how often the change log is trimmed */
+#define RETENTION_MS 3600000 /* default floor: rows younger than this stay */
 #define CT_PROTO "application/x-protobuf"
 
 typedef struct peer {
   const sp_topo_region *r;
+  repl_config cfg; /* for replacing `in` on a new handshake */
   repl_session *out, *in;
   sp_h2_client *cli;
-  int connected, dead, loading, requests, snapshot_logged;
+  int connected, dead, loading, requests, snap_logged;
+  crdt_vclock snap_vector; /* read before the chunk's rows */
+  uint64_t snap_chunks;
   uint64_t backoff_ms, next_attempt_ms;
   crdt_delta *rows; /* loaded change-log rows (the repl_source) */
   size_t pos;
   /* metrics */
   uint64_t reconnects, applied, sent_bytes, last_contact_ms, lag_ms;
   int lag_query;
+  /* relay: since when the peer is behind us for each origin (0: not) */
+  uint64_t behind_since[CRDT_MAX_REGIONS];
+  uint64_t relay_mask;     /* origins other than ours relayed to it now */
+  uint64_t relayed, relay_switches;
+  /* the acked vector as last written to sp_peer_ack */
+  crdt_vclock persisted;
+  int have_persisted, persisting;
 } peer;
 
 typedef struct apply_job apply_job;
@@ -111,6 +144,11 @@ static struct {
   apply_job *jobs, **jobs_tail;
   int applying;
   uint64_t applied_total, batches_in, bad_requests, refused_peers, published;
+  /* trimming: sp_log_floor as last read, retention, counters */
+  crdt_vclock floor;
+  int have_floor, trimming;
+  uint64_t retention_ms, last_trim_ms, trimmed_rows, trim_runs;
+  uint64_t snapshot_chunks_in;
 } g;
 
 static uint64_t now_ms(void) {
@@ -142,6 +180,10 @@ static int src_rewind(void *arg, const crdt_vclock *after, uint64_t origins) {
   peer *p = arg;
   size_t n = crdt_delta_count(p->rows);
   p->pos = 0;
+  /* rows at or below an origin's floor were trimmed: only a snapshot has them */
+  for (int o = 0; o < CRDT_MAX_REGIONS; o++)
+    if ((origins >> o & 1) && after->seq[o] < g.floor.seq[o])
+      return SP_ERR_RANGE;
   while (p->pos < n) {
     const crdt_change *c = crdt_delta_get(p->rows, p->pos);
     if ((origins >> c->origin & 1) && c->seq > after->seq[c->origin])
@@ -158,10 +200,13 @@ static int src_next(void *arg, crdt_change *out) {
     return 0;
   *out = *c;
   p->pos++;
+  if (c->origin != g.id)
+    p->relayed++;
   return 1;
 }
 
 static void peer_pump(peer *p);
+static void snapshot_read(peer *p);
 
 static void peer_fail(peer *p, const char *why) {
   if (!p->dead)
@@ -178,6 +223,8 @@ static int response_msg(peer *p, int err, const sp_h2_response *res, repl_msg *m
   if (res->status != 200) {
     sp_log_warn("peer answered with an error", "{s:s,s:i,s:s}", "peer", p->r->name, "status",
                 res->status, "body", res->body.base);
+    if (res->status == 409)
+      peer_fail(p, "peer has no session for us: handshake again"); /* reconnects */
     return SP_ERR_PROTO;
   }
   int rc = repl_msg_decode((const uint8_t *)res->body.base, res->body.len, m);
@@ -289,10 +336,132 @@ static void on_rows(int status, const PGresult *res, void *arg) {
     send_batch(p);
 }
 
+/* ---- sending a snapshot ------------------------------------------------------
+ * A chunk is SNAP_ENTITIES entities (key order) with all their fields, read
+ * after the vector it carries (so the vector covers no change the rows
+ * lack).  The cursor is the last entity's key, "page\0type\0id" (names
+ * hold no NUL). */
+
+static void on_snap_rows(int status, const PGresult *res, void *arg) {
+  peer *p = arg;
+  p->loading = 0;
+  if (status) {
+    sp_log_warn("cannot read the snapshot", "{s:s,s:s}", "error", sp_strerror(status), "db",
+                sp_pg_error_message(res));
+    return;
+  }
+  if (p->cli == NULL || p->dead || repl_session_state(p->out) != REPL_STATE_ESTABLISHED)
+    return;
+  crdt_delta_clear(p->rows);
+  int entities = 0, rc = 0;
+  uint8_t next[REPL_MAX_CURSOR];
+  size_t next_len = 0;
+  for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
+    crdt_change c = {0};
+    c.kind = atoi(PQgetvalue(res, i, 0)) == 1 ? CRDT_FIELD : CRDT_EXIST;
+    c.page = PQgetvalue(res, i, 1);
+    c.type = PQgetvalue(res, i, 2);
+    c.id = PQgetvalue(res, i, 3);
+    if (c.kind == CRDT_FIELD) {
+      c.field = PQgetvalue(res, i, 4);
+      c.value_null = PQgetisnull(res, i, 5);
+      c.value = c.value_null ? NULL : (const uint8_t *)PQgetvalue(res, i, 5);
+      c.value_len = c.value_null ? 0 : (size_t)PQgetlength(res, i, 5);
+    } else {
+      entities++;
+      size_t lp = strlen(c.page), lt = strlen(c.type), li = strlen(c.id);
+      if (lp + lt + li + 2 > sizeof next) {
+        rc = SP_ERR_TOOBIG;
+        break;
+      }
+      memcpy(next, c.page, lp + 1);
+      memcpy(next + lp + 1, c.type, lt + 1);
+      memcpy(next + lp + lt + 2, c.id, li);
+      next_len = lp + lt + 2 + li;
+    }
+    c.cl = (uint32_t)strtoul(PQgetvalue(res, i, 6), NULL, 10);
+    c.stamp.hlc = strtoull(PQgetvalue(res, i, 7), NULL, 10);
+    c.stamp.region = (crdt_region)atoi(PQgetvalue(res, i, 8));
+    c.origin = (crdt_region)atoi(PQgetvalue(res, i, 9));
+    c.seq = strtoull(PQgetvalue(res, i, 10), NULL, 10);
+    rc = crdt_delta_add(p->rows, &c);
+  }
+  sp_buf out;
+  sp_buf_init(&out, REPL_MAX_MESSAGE);
+  int last = entities < SNAP_ENTITIES;
+  if (rc == 0)
+    rc = repl_session_snapshot_chunk(p->out, p->rows, next, next_len, last, &p->snap_vector,
+                                     now_ms(), &out);
+  if (rc == 0) {
+    if (post(p, "/repl/v1/snapshot", &out, on_ack) == 0) {
+      p->snap_chunks++;
+      sp_log_info("snapshot chunk sent", "{s:s,s:i,s:b,s:I}", "peer", p->r->name, "entities",
+                  entities, "last", last, "chunks", (json_int_t)p->snap_chunks);
+    }
+  } else if (rc != SP_ERR_AGAIN) {
+    sp_log_error("cannot build a snapshot chunk", "{s:s,s:s}", "peer", p->r->name, "error",
+                 sp_strerror(rc));
+    peer_fail(p, "snapshot chunk");
+  }
+  sp_buf_release(&out);
+}
+
+static void on_snap_vector(int status, const PGresult *res, void *arg) {
+  peer *p = arg;
+  const uint8_t *cur;
+  size_t len;
+  if (status || p->cli == NULL || p->dead ||
+      repl_session_snapshot_cursor(p->out, &cur, &len) != 0) {
+    p->loading = 0;
+    return;
+  }
+  vector_from(res, &p->snap_vector);
+  /* "page\0type\0id" -> three parameters; "" sorts before every key */
+  char key[3][REPL_MAX_CURSOR + 1] = {"", "", ""};
+  size_t part = 0, n = 0;
+  for (size_t i = 0; i < len && part < 3; i++) {
+    if (cur[i] == '\0') {
+      key[part++][n] = '\0';
+      n = 0;
+    } else {
+      key[part][n++] = (char)cur[i];
+    }
+  }
+  if (part < 3)
+    key[part][n] = '\0';
+  const char *vals[] = {key[0], key[1], key[2]};
+  if (sp_pg_query(g.pg,
+                  "WITH e AS (SELECT page_id, type, id, cl, hlc, region, origin, seq "
+                  "FROM sp_entity WHERE (page_id, type, id) > ($1, $2, $3) "
+                  "ORDER BY page_id, type, id LIMIT " SNAP_ENTITIES_S ") "
+                  "SELECT 2 AS k, page_id, type, id, NULL AS field, NULL AS value, cl, hlc, "
+                  "region, origin, seq FROM e UNION ALL "
+                  "SELECT 1, f.page_id, f.type, f.id, f.field, f.value, f.cl, f.hlc, f.region, "
+                  "f.origin, f.seq FROM sp_field f JOIN e USING (page_id, type, id) "
+                  "ORDER BY 2, 3, 4, 1 DESC, 5",
+                  3, vals, on_snap_rows, p))
+    p->loading = 0;
+}
+
+/* In snapshot mode: reads our vector, then the next chunk's rows. */
+static void snapshot_read(peer *p) {
+  const uint8_t *cur;
+  size_t len;
+  if (repl_session_snapshot_cursor(p->out, &cur, &len) != 0)
+    return; /* a chunk is in flight */
+  if (len == 0 && !p->snap_logged) {
+    p->snap_logged = 1;
+    sp_log_info("serving a snapshot", "{s:s}", "peer", p->r->name);
+  }
+  if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_snap_vector, p) == 0)
+    p->loading = 1;
+}
+
 /* Drives one peer: connect, handshake, batches. */
 static void peer_pump(peer *p) {
   uint64_t now = now_ms();
-  if (g.stopping || p->cli == NULL || p->dead || !p->connected || !g.have_vector)
+  if (g.stopping || p->cli == NULL || p->dead || !p->connected || !g.have_vector ||
+      !g.have_floor)
     return;
   repl_state st = repl_session_state(p->out);
   if (st == REPL_STATE_FAILED) {
@@ -309,25 +478,37 @@ static void peer_pump(peer *p) {
   }
   if (st != REPL_STATE_ESTABLISHED || p->loading)
     return;
+  if (!repl_session_in_snapshot(p->out))
+    p->snap_logged = 0;
   repl_want w = repl_session_want_send(p->out, now);
   if (w == REPL_WANT_RESEND) {
     send_batch(p); /* same bytes: no rows needed */
   } else if (w == REPL_WANT_BATCH) {
-    char origin[8], after[24];
-    snprintf(origin, sizeof origin, "%d", (int)g.id);
-    snprintf(after, sizeof after, "%" PRIu64, repl_session_acked(p->out)->seq[g.id]);
-    const char *vals[] = {origin, after};
+    /* our origin and every relayed one, each after what the peer acked */
+    char origins[8 * CRDT_MAX_REGIONS + 4], after[24 * CRDT_MAX_REGIONS + 4];
+    size_t no = 0, na = 0;
+    const crdt_vclock *acked = repl_session_acked(p->out);
+    uint64_t mask = p->relay_mask | (uint64_t)1 << g.id;
+    for (int o = 0; o < CRDT_MAX_REGIONS; o++)
+      if (mask >> o & 1) {
+        no += (size_t)snprintf(origins + no, sizeof origins - no, "%s%d", no ? "," : "{", o);
+        na += (size_t)snprintf(after + na, sizeof after - na, "%s%" PRIu64, na ? "," : "{",
+                               acked->seq[o]);
+      }
+    snprintf(origins + no, sizeof origins - no, "}");
+    snprintf(after + na, sizeof after - na, "}");
+    const char *vals[] = {origins, after};
     int rc = sp_pg_query(g.pg,
-                         "SELECT origin, seq, kind, page_id, type, id, field, value, cl, hlc, "
-                         "region FROM sp_change_log WHERE origin = $1 AND seq > $2 "
-                         "ORDER BY origin, seq LIMIT " LOAD_LIMIT,
+                         "SELECT l.origin, l.seq, kind, page_id, type, id, field, value, cl, hlc, "
+                         "region FROM sp_change_log l "
+                         "JOIN unnest($1::smallint[], $2::bigint[]) AS a(o, s) "
+                         "ON l.origin = a.o AND l.seq > a.s "
+                         "ORDER BY l.origin, l.seq LIMIT " LOAD_LIMIT,
                          2, vals, on_rows, p);
     if (rc == 0)
       p->loading = 1;
   } else if (w == REPL_WANT_SNAPSHOT) {
-    if (!p->snapshot_logged++)
-      sp_log_error("peer needs a snapshot, which this daemon does not send yet", "{s:s}", "peer",
-                   p->r->name);
+    snapshot_read(p);
   }
 }
 
@@ -506,7 +687,9 @@ static void on_vector_before(int status, const PGresult *res, void *arg) {
   }
   vector_from(res, &g.applied);
   g.have_vector = 1;
-  int rc = repl_session_on_batch(j->p->in, &j->m, &g.applied, now_ms(), &j->a);
+  int chunk = j->m.type == REPL_MSG_SNAPSHOT_CHUNK;
+  int rc = chunk ? repl_session_on_snapshot_chunk(j->p->in, &j->m, &g.applied, now_ms(), &j->a)
+                 : repl_session_on_batch(j->p->in, &j->m, &g.applied, now_ms(), &j->a);
   if (rc) {
     job_fail(j, rc == SP_ERR_AGAIN ? 409 : 400,
              rc == SP_ERR_AGAIN ? "no handshake" : "not a batch");
@@ -515,7 +698,9 @@ static void on_vector_before(int status, const PGresult *res, void *arg) {
   if (j->a.status == REPL_SKEW_REJECT)
     sp_log_warn("batch refused: clock skew", "{s:s,s:s}", "peer", j->p->r->name, "reason",
                 j->a.reason);
-  if (j->a.count == 0) {
+  /* the last chunk of a snapshot carries the vector to adopt, even empty */
+  int adopt = chunk && j->a.status == REPL_OK && j->a.last;
+  if (j->a.count == 0 && !adopt) {
     job_ack(j, NULL);
     return;
   }
@@ -524,10 +709,25 @@ static void on_vector_before(int status, const PGresult *res, void *arg) {
     job_fail(j, 400, "changes not representable as JSON");
     return;
   }
-  char local[8];
+  char local[8], vec[32 * CRDT_MAX_REGIONS + 4];
   snprintf(local, sizeof local, "%d", (int)g.id);
-  const char *vals[] = {json, local};
-  rc = sp_pg_query(g.pg, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, vals, on_applied, j);
+  size_t nv = 0;
+  for (int o = 0; adopt && o < CRDT_MAX_REGIONS; o++)
+    if (j->a.applied.seq[o])
+      nv += (size_t)snprintf(vec + nv, sizeof vec - nv, "%s\"%d\":%" PRIu64, nv ? "," : "{", o,
+                             j->a.applied.seq[o]);
+  snprintf(vec + nv, sizeof vec - nv, "%s}", nv ? "" : "{");
+  const char *vals[] = {json, local, adopt ? vec : NULL};
+  if (chunk) {
+    g.snapshot_chunks_in++;
+    if (adopt)
+      sp_log_info("snapshot adopted", "{s:s,s:s}", "peer", j->p->r->name, "vector", vec);
+    rc = sp_pg_query(g.pg, "SELECT sp_apply_snapshot($1::jsonb, $2::smallint, $3::jsonb)", 3,
+                     vals, on_applied, j);
+  } else {
+    rc = sp_pg_query(g.pg, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, vals, on_applied,
+                     j);
+  }
   free(json);
   if (rc)
     job_fail(j, 503, "database unavailable");
@@ -549,7 +749,9 @@ static void on_batch_request(sp_h2_stream *st, peer *p, const sp_iov body) {
     return;
   }
   int rc = repl_msg_decode((const uint8_t *)body.base, body.len, &j->m);
-  if (rc || j->m.type != REPL_MSG_BATCH) {
+  /* a snapshot chunk re-sent on timeout goes out as the same bytes through
+   * the batch path, so either path takes either message */
+  if (rc || (j->m.type != REPL_MSG_BATCH && j->m.type != REPL_MSG_SNAPSHOT_CHUNK)) {
     g.bad_requests++;
     sp_log_warn("bad batch", "{s:s,s:s}", "peer", p->r->name, "error",
                 rc ? sp_strerror(rc) : "not a batch");
@@ -584,20 +786,35 @@ static void on_handshake_request(sp_h2_stream *st, peer *p, const sp_iov body) {
     respond_text(st, 503, "not ready");
     return;
   }
-  repl_session_reset(p->in); /* a new handshake is a new connection */
+  /* A new handshake is a new connection, negotiated on a fresh session: a
+   * refused one (a stale or misconfigured client presenting this peer's
+   * certificate) must not break the session the peer's live connection
+   * uses.  Only an accepted handshake replaces it. */
+  repl_session *fresh;
+  if ((rc = repl_session_new(&p->cfg, &fresh))) {
+    repl_msg_release(&m);
+    respond_text(st, 500, sp_strerror(rc));
+    return;
+  }
   sp_buf out;
   sp_buf_init(&out, REPL_MAX_MESSAGE);
-  rc = repl_session_on_handshake(p->in, &m, &g.applied, &out);
+  rc = repl_session_on_handshake(fresh, &m, &g.applied, &out);
   repl_msg_release(&m);
   if (rc == 0 || rc == SP_ERR_PROTO) {
     if (rc)
       sp_log_warn("handshake refused", "{s:s,s:s}", "peer", p->r->name, "reason",
-                  repl_session_reason(p->in));
+                  repl_session_reason(fresh));
     respond_buf(st, &out);
   } else {
     respond_text(st, 500, sp_strerror(rc));
   }
   sp_buf_release(&out);
+  if (rc == 0) {
+    repl_session_free(p->in);
+    p->in = fresh;
+  } else {
+    repl_session_free(fresh);
+  }
   p->last_contact_ms = now_ms();
 }
 
@@ -623,23 +840,48 @@ static void on_metrics(sp_h2_stream *st) {
   for (size_t i = 0; i < g.npeers; i++)
     metrics_line(&b, "sp_repl_connected{peer=\"%s\"} %d\n", g.peers[i].r->name,
                  repl_session_state(g.peers[i].out) == REPL_STATE_ESTABLISHED);
-  static const char *const names[] = {"changes_sent", "batches_sent",    "batches_resent",
-                                      "bytes_sent",   "changes_applied", "batches_received",
-                                      "skew_rejects", "reconnects",      "last_contact_ms"};
+  /* counters first, then gauges (no _total suffix) */
+  static const char *const names[] = {
+      "changes_sent",     "batches_sent",          "batches_resent",
+      "bytes_sent",       "changes_applied",       "batches_received",
+      "skew_rejects",     "reconnects",            "relayed_changes",
+      "relay_switches",   "snapshots_served",      "snapshot_chunks_sent",
+      "snapshot_chunks_applied", "last_contact_ms", "relay_origins"};
+  enum { NCOUNTERS = 13 };
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-    metrics_line(&b, "# TYPE sp_repl_%s %s\n", names[k], k == 8 ? "gauge" : "counter");
+    metrics_line(&b, "# TYPE sp_repl_%s %s\n", names[k], k >= NCOUNTERS ? "gauge" : "counter");
     for (size_t i = 0; i < g.npeers; i++) {
       peer *p = &g.peers[i];
       repl_stats so, si;
       repl_session_stats(p->out, &so);
       repl_session_stats(p->in, &si);
-      uint64_t v[] = {so.changes_sent, so.batches_sent, so.batches_resent,
-                      p->sent_bytes,   p->applied,      si.batches_received,
-                      si.skew_rejects, p->reconnects,   p->last_contact_ms};
-      metrics_line(&b, "sp_repl_%s%s{peer=\"%s\"} %" PRIu64 "\n", names[k], k < 8 ? "_total" : "",
-                   p->r->name, v[k]);
+      uint64_t v[] = {so.changes_sent,
+                      so.batches_sent,
+                      so.batches_resent,
+                      p->sent_bytes,
+                      p->applied,
+                      si.batches_received,
+                      si.skew_rejects,
+                      p->reconnects,
+                      p->relayed,
+                      p->relay_switches,
+                      so.snapshots_started,
+                      so.snapshot_chunks_sent,
+                      si.snapshot_chunks_received,
+                      p->last_contact_ms,
+                      (uint64_t)__builtin_popcountll(p->relay_mask)};
+      metrics_line(&b, "sp_repl_%s%s{peer=\"%s\"} %" PRIu64 "\n", names[k],
+                   k < NCOUNTERS ? "_total" : "", p->r->name, v[k]);
     }
   }
+  metrics_line(&b, "# TYPE sp_repl_log_floor gauge\n");
+  for (size_t i = 0; i < g.topo->nregions; i++)
+    metrics_line(&b, "sp_repl_log_floor{origin=\"%s\"} %" PRIu64 "\n", g.topo->regions[i].name,
+                 g.floor.seq[g.topo->regions[i].index % CRDT_MAX_REGIONS]);
+  metrics_line(&b,
+               "# TYPE sp_repl_trimmed_rows_total counter\nsp_repl_trimmed_rows_total %" PRIu64
+               "\n# TYPE sp_repl_trim_runs_total counter\nsp_repl_trim_runs_total %" PRIu64 "\n",
+               g.trimmed_rows, g.trim_runs);
   metrics_line(&b,
                "# TYPE sp_repl_bad_requests_total counter\nsp_repl_bad_requests_total %" PRIu64
                "\n# TYPE sp_repl_refused_peers_total counter\nsp_repl_refused_peers_total %" PRIu64
@@ -680,7 +922,7 @@ static void on_request(sp_h2_stream *st, void *arg) {
     respond_text(st, 405, "method not allowed\n");
   } else if (strcmp(path, "/repl/v1/handshake") == 0) {
     on_handshake_request(st, p, sp_h2_stream_body(st));
-  } else if (strcmp(path, "/repl/v1/batch") == 0) {
+  } else if (strcmp(path, "/repl/v1/batch") == 0 || strcmp(path, "/repl/v1/snapshot") == 0) {
     on_batch_request(st, p, sp_h2_stream_body(st));
   } else {
     respond_text(st, 404, "not found\n");
@@ -728,6 +970,199 @@ static void update_lag(peer *p) {
     p->lag_query = 1;
 }
 
+/* What p has applied is learnt on both of its connections: acks on ours
+ * (out) and the sender vector of its batches on its own (in); and p has, of
+ * its own origin, at least all we have.  The out-session only hears acks,
+ * so the rest is handed to it as an Ack for batch 0 (never a real batch
+ * id), which the engine takes as "only teaches us the peer's vector"
+ * (DESIGN.md, Acks) and which also moves its send cursor past rows p
+ * already has.  Without it a region that has nothing to send a peer would
+ * keep a stale view of it: pointless relays, and a log never trimmed. */
+static void learn_peer_vector(peer *p) {
+  if (repl_session_state(p->out) != REPL_STATE_ESTABLISHED || repl_session_in_snapshot(p->out))
+    return;
+  const crdt_vclock *acked = repl_session_acked(p->out);
+  crdt_vclock known = *repl_session_acked(p->in);
+  int o = (int)p->r->index;
+  if (o >= 0 && o < CRDT_MAX_REGIONS && g.applied.seq[o] > known.seq[o])
+    known.seq[o] = g.applied.seq[o];
+  int newer = 0;
+  for (int r = 0; r < CRDT_MAX_REGIONS && !newer; r++)
+    newer = known.seq[r] > acked->seq[r];
+  if (!newer)
+    return;
+  repl_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = REPL_MSG_ACK;
+  m.version = repl_session_version(p->out);
+  m.u.ack.batch_id = 0;
+  m.u.ack.status = REPL_OK;
+  m.u.ack.applied = known;
+  m.u.ack.wall_ms = now_ms();
+  repl_session_on_ack(p->out, &m, now_ms());
+}
+
+/* Relay: rows of origin o (not ours, not the peer's) go to peer p while p
+ * is behind us for o and either has been for RELAY_LAG_MS or o's own
+ * daemon is unreachable from here (its fan-out may never finish).  Off
+ * again once p has caught up, so the origin stays the one sender in the
+ * healthy case. */
+static void update_relay(peer *p, uint64_t now) {
+  const crdt_vclock *acked = repl_session_acked(p->out);
+  for (size_t i = 0; i < g.npeers; i++) {
+    peer *q = &g.peers[i];
+    int o = (int)q->r->index;
+    if (q == p || o == g.id || o < 0 || o >= CRDT_MAX_REGIONS)
+      continue;
+    uint64_t bit = (uint64_t)1 << o;
+    int on = (p->relay_mask & bit) != 0;
+    if (g.applied.seq[o] <= acked->seq[o]) {
+      p->behind_since[o] = 0;
+      if (on && repl_session_set_relay(p->out, (crdt_region)o, 0) == 0) {
+        p->relay_mask &= ~bit;
+        sp_log_info("relay off", "{s:s,s:s}", "peer", p->r->name, "origin", q->r->name);
+      }
+      continue;
+    }
+    if (p->behind_since[o] == 0)
+      p->behind_since[o] = now;
+    int origin_down = repl_session_state(q->out) != REPL_STATE_ESTABLISHED;
+    if (!on && (origin_down || now - p->behind_since[o] >= RELAY_LAG_MS) &&
+        repl_session_set_relay(p->out, (crdt_region)o, 1) == 0) {
+      p->relay_mask |= bit;
+      p->relay_switches++;
+      sp_log_info("relay on", "{s:s,s:s,s:I,s:I,s:b}", "peer", p->r->name, "origin", q->r->name,
+                  "peer_has", (json_int_t)acked->seq[o], "we_have", (json_int_t)g.applied.seq[o],
+                  "origin_down", origin_down);
+    }
+  }
+}
+
+/* ---- persisted acks and trimming ------------------------------------------ */
+
+/* Writes "{a,b,...}" for the vector entries of every topology region. */
+static void vector_arrays(const crdt_vclock *v, char *origins, size_t olen, char *seqs,
+                          size_t slen) {
+  size_t no = 0, ns = 0;
+  for (size_t i = 0; i < g.topo->nregions; i++) {
+    int o = (int)g.topo->regions[i].index;
+    if (o < 0 || o >= CRDT_MAX_REGIONS)
+      continue;
+    no += (size_t)snprintf(origins + no, olen - no, "%s%d", no ? "," : "{", o);
+    ns += (size_t)snprintf(seqs + ns, slen - ns, "%s%" PRIu64, ns ? "," : "{", v->seq[o]);
+  }
+  snprintf(origins + no, olen - no, "%s}", no ? "" : "{");
+  snprintf(seqs + ns, slen - ns, "%s}", ns ? "" : "{");
+}
+
+typedef struct ack_write {
+  peer *p;
+  crdt_vclock v;
+} ack_write;
+
+static void on_ack_persisted(int status, const PGresult *res, void *arg) {
+  ack_write *w = arg;
+  w->p->persisting = 0;
+  if (status)
+    sp_log_warn("cannot persist a peer's acks", "{s:s,s:s,s:s}", "peer", w->p->r->name, "error",
+                sp_strerror(status), "db", sp_pg_error_message(res));
+  else {
+    w->p->persisted = w->v;
+    w->p->have_persisted = 1;
+  }
+  sp_free(w);
+}
+
+/* Upserts p's acknowledged vector into sp_peer_ack when it changed.  The
+ * value is replaced, not maxed: after a handshake the peer's real vector
+ * may be lower (restored from a backup) and trimming must follow it. */
+static void persist_acks(peer *p) {
+  const crdt_vclock *acked = repl_session_acked(p->out);
+  if (p->persisting || repl_session_state(p->out) != REPL_STATE_ESTABLISHED ||
+      (p->have_persisted && memcmp(acked, &p->persisted, sizeof *acked) == 0))
+    return;
+  ack_write *w = sp_malloc(sizeof *w);
+  if (w == NULL)
+    return;
+  w->p = p;
+  w->v = *acked;
+  char peer_id[8], origins[8 * CRDT_MAX_REGIONS + 4], seqs[24 * CRDT_MAX_REGIONS + 4];
+  snprintf(peer_id, sizeof peer_id, "%d", (int)p->r->index);
+  vector_arrays(&w->v, origins, sizeof origins, seqs, sizeof seqs);
+  const char *vals[] = {peer_id, origins, seqs};
+  if (sp_pg_query(g.pg,
+                  "INSERT INTO sp_peer_ack (peer, origin, seq) "
+                  "SELECT $1::smallint, o, s FROM unnest($2::smallint[], $3::bigint[]) AS a(o, s) "
+                  "ON CONFLICT (peer, origin) DO UPDATE SET seq = EXCLUDED.seq",
+                  3, vals, on_ack_persisted, w) == 0)
+    p->persisting = 1;
+  else
+    sp_free(w);
+}
+
+static void on_floor(int status, const PGresult *res, void *arg) {
+  (void)arg;
+  g.trimming = 0;
+  if (status) {
+    sp_log_warn("cannot read the log floor", "{s:s,s:s}", "error", sp_strerror(status), "db",
+                sp_pg_error_message(res));
+    return;
+  }
+  vector_from(res, &g.floor);
+  g.have_floor = 1;
+}
+
+static void on_trimmed(int status, const PGresult *res, void *arg) {
+  (void)arg;
+  if (status) {
+    g.trimming = 0;
+    sp_log_warn("cannot trim the change log", "{s:s,s:s}", "error", sp_strerror(status), "db",
+                sp_pg_error_message(res));
+    return;
+  }
+  g.trim_runs++;
+  for (int i = 0; i < PQntuples(res); i++) {
+    long o = atol(PQgetvalue(res, i, 0));
+    uint64_t fl = strtoull(PQgetvalue(res, i, 1), NULL, 10);
+    uint64_t n = strtoull(PQgetvalue(res, i, 2), NULL, 10);
+    g.trimmed_rows += n;
+    if (o >= 0 && o < CRDT_MAX_REGIONS && fl > g.floor.seq[o])
+      g.floor.seq[o] = fl;
+    sp_log_info("change log trimmed", "{s:i,s:I,s:I}", "origin", (int)o, "floor", (json_int_t)fl,
+                "rows", (json_int_t)n);
+  }
+  /* re-read the floor too: an adopted snapshot raises it (sp_apply_snapshot) */
+  if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_log_floor", 0, NULL, on_floor, NULL))
+    g.trimming = 0;
+}
+
+/* Reads the floor once (at start), then trims every TRIM_MS.  The floor is
+ * read before any batch is built (peer_pump waits for it) so a restarted
+ * daemon never offers rows it no longer has. */
+static void trim(uint64_t now) {
+  if (g.trimming)
+    return;
+  if (!g.have_floor) {
+    if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_log_floor", 0, NULL, on_floor, NULL) == 0)
+      g.trimming = 1;
+    return;
+  }
+  if (g.npeers == 0 || now - g.last_trim_ms < TRIM_MS)
+    return;
+  g.last_trim_ms = now;
+  char peers[8 * CRDT_MAX_REGIONS + 4], ret[24];
+  size_t n = 0;
+  for (size_t i = 0; i < g.npeers; i++)
+    n += (size_t)snprintf(peers + n, sizeof peers - n, "%s%d", n ? "," : "{",
+                          (int)g.peers[i].r->index);
+  snprintf(peers + n, sizeof peers - n, "}");
+  snprintf(ret, sizeof ret, "%" PRIu64, g.retention_ms);
+  const char *vals[] = {peers, ret};
+  if (sp_pg_query(g.pg, "SELECT origin, floor, deleted FROM sp_trim_log($1::smallint[], $2::bigint)",
+                  2, vals, on_trimmed, NULL) == 0)
+    g.trimming = 1;
+}
+
 static void on_tick(uv_timer_t *t) {
   (void)t;
   uint64_t now = now_ms();
@@ -736,12 +1171,19 @@ static void on_tick(uv_timer_t *t) {
     if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_poll, NULL) == 0)
       g.polling = 1;
   }
+  if (g.have_vector)
+    trim(now);
   int lag = now - g.last_lag_ms >= LAG_MS;
   if (lag)
     g.last_lag_ms = now;
   for (size_t i = 0; i < g.npeers; i++) {
     peer *p = &g.peers[i];
     peer_connect(p, now);
+    if (g.have_vector) {
+      learn_peer_vector(p);
+      update_relay(p, now);
+    }
+    persist_acks(p);
     peer_pump(p);
     if (lag && g.have_vector)
       update_lag(p);
@@ -775,7 +1217,8 @@ static void on_signal(uv_signal_t *s, int sig) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: statusd-replicad --topology FILE --region NAME\n");
+  fprintf(stderr, "usage: statusd-replicad --topology FILE --region NAME [--log-retention-ms MS]\n"
+                  "  (default 3600000; also SP_REPL_LOG_RETENTION_MS)\n");
 }
 
 static int setup_peers(void) {
@@ -795,6 +1238,7 @@ static int setup_peers(void) {
                        .window = WINDOW,
                        .sync_interval_ms = g.topo->sync_interval_ms,
                        .max_skew_ms = g.topo->max_clock_skew_ms};
+    p->cfg = cfg;
     int rc;
     if ((rc = repl_session_new(&cfg, &p->out)) || (rc = repl_session_new(&cfg, &p->in)) ||
         (rc = crdt_delta_new(repl_crdt_allocator(), &p->rows)))
@@ -807,13 +1251,19 @@ int main(int argc, char **argv) {
   const char *topo_path = NULL, *region = NULL;
   static const struct option opts[] = {{"topology", required_argument, NULL, 't'},
                                        {"region", required_argument, NULL, 'r'},
+                                       {"log-retention-ms", required_argument, NULL, 'k'},
                                        {NULL, 0, NULL, 0}};
+  /* statusctl starts the daemon with a fixed command line, so the
+   * environment can set the retention too (tests use 0) */
+  const char *retention = getenv("SP_REPL_LOG_RETENTION_MS");
   int ch;
   while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     if (ch == 't')
       topo_path = optarg;
     else if (ch == 'r')
       region = optarg;
+    else if (ch == 'k')
+      retention = optarg;
     else {
       usage();
       return 2;
@@ -822,6 +1272,18 @@ int main(int argc, char **argv) {
   if (topo_path == NULL || region == NULL || optind != argc) {
     usage();
     return 2;
+  }
+  g.retention_ms = RETENTION_MS;
+  if (retention && *retention) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(retention, &end, 10);
+    if (errno || *end || *retention == '-' || v > 10ull * 365 * 24 * 3600 * 1000) {
+      fprintf(stderr, "statusd-replicad: bad log retention \"%s\": milliseconds, 0..10 years\n",
+              retention);
+      return 2;
+    }
+    g.retention_ms = v;
   }
   char err[1024];
   if (sp_topo_load(topo_path, &g.topo, err, sizeof err)) {

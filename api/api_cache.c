@@ -14,7 +14,11 @@
  * region's Redis channel and merges what the others publish; and a poll of
  * sp_vclock every CATCHUP_MS fetches from sp_change_log whatever the
  * vector lacks (a Redis outage, the replication daemon's applies).  When the
- * poll fails for longer than STALE_MS the cache reports itself stale.
+ * rows it lacks were already trimmed from the log (the replication daemon
+ * trims below every peer's ack, sp_log_floor), it reloads the state instead:
+ * the vector is read first, so entities and fields read after it hold at
+ * least that much, and merging them is idempotent.  When the poll fails for
+ * longer than STALE_MS the cache reports itself stale.
  *
  * Pages touched by a merge are re-rendered RENDER_DELAY_MS later, once
  * for every change that arrived meanwhile (under a burst of writes the
@@ -56,6 +60,7 @@ struct api_cache {
   int render_scheduled;
   uv_timer_t poll;
   int polling;        /* a catch-up query is in flight */
+  crdt_vclock reload_to; /* the vector a state reload brings us to */
   uint64_t last_ok_ms;
   int closing;
   int started; /* the idle and timer handles are initialised */
@@ -362,6 +367,54 @@ static void on_log_rows(int status, const PGresult *res, void *arg) {
   uv_timer_start(&c->poll, poll_start, more ? 0 : CATCHUP_MS, 0);
 }
 
+/* Merges rows of sp_entity (kind EXIST) or sp_field (kind FIELD) selected
+ * as: page_id type id field value cl hlc region origin seq. */
+static void merge_state_rows(api_cache *c, const PGresult *res, int kind) {
+  crdt_delta *d;
+  if (crdt_delta_new(NULL, &d))
+    return;
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    crdt_change ch;
+    char *buf[4];
+    parse_row_change((PGresult *)res, i, kind, &ch, buf);
+    crdt_delta_add(d, &ch);
+  }
+  api_cache_merge(c->s, d);
+  crdt_delta_free(d);
+}
+
+static void on_reload_fields(int status, const PGresult *res, void *arg) {
+  api_cache *c = arg;
+  c->polling = 0;
+  if (c->closing)
+    return;
+  if (status == 0) {
+    merge_state_rows(c, res, CRDT_FIELD);
+    crdt_vclock_merge(&c->merged, &c->reload_to);
+    c->last_ok_ms = mono_ms(c->s);
+    sp_log_info("cache reloaded from the state (the change log was trimmed)", NULL);
+  }
+  uv_timer_start(&c->poll, poll_start, status == 0 ? 0 : CATCHUP_MS, 0);
+}
+
+static void on_reload_entities(int status, const PGresult *res, void *arg) {
+  api_cache *c = arg;
+  c->polling = 0;
+  if (c->closing)
+    return;
+  if (status == 0) {
+    merge_state_rows(c, res, CRDT_EXIST);
+    if (sp_pg_query(c->s->pg_read,
+                    "SELECT page_id, type, id, field, value, cl, hlc, region, origin, seq "
+                    "FROM sp_field",
+                    0, NULL, on_reload_fields, c) == 0) {
+      c->polling = 1;
+      return;
+    }
+  }
+  uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
+}
+
 static void on_vclock(int status, const PGresult *res, void *arg) {
   api_cache *c = arg;
   c->polling = 0;
@@ -369,6 +422,27 @@ static void on_vclock(int status, const PGresult *res, void *arg) {
     return;
   if (status != 0) {
     uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
+    return;
+  }
+  /* Rows we lack already trimmed from the log?  Reload the state. */
+  int trimmed = 0;
+  crdt_vclock_init(&c->reload_to);
+  for (int i = 0; i < PQntuples(res); i++) {
+    int o = atoi(PQgetvalue(res, i, 0));
+    if (o < 0 || o >= CRDT_MAX_REGIONS)
+      continue;
+    c->reload_to.seq[o] = strtoull(PQgetvalue(res, i, 1), NULL, 10);
+    if (strtoull(PQgetvalue(res, i, 2), NULL, 10) > c->merged.seq[o])
+      trimmed = 1;
+  }
+  if (trimmed) {
+    if (sp_pg_query(c->s->pg_read,
+                    "SELECT page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq "
+                    "FROM sp_entity",
+                    0, NULL, on_reload_entities, c) == 0)
+      c->polling = 1;
+    else
+      uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
     return;
   }
   /* Which origins are ahead of what we merged?  Fetch those ranges. */
@@ -405,7 +479,11 @@ static void poll_start(uv_timer_t *t) {
   api_cache *c = t->data;
   if (c->closing || c->polling)
     return;
-  if (sp_pg_query(c->s->pg_read, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_vclock, c) == 0)
+  /* the floor is how far the replication daemon trimmed the log */
+  if (sp_pg_query(c->s->pg_read,
+                  "SELECT v.origin, v.seq, coalesce(f.seq, 0) FROM sp_vclock v "
+                  "LEFT JOIN sp_log_floor f ON f.origin = v.origin",
+                  0, NULL, on_vclock, c) == 0)
     c->polling = 1;
   else
     uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);

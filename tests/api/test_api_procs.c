@@ -428,6 +428,37 @@ static void test_catch_up_without_redis(void **state) {
   wait_visible(0, "major_outage", 1000);
 }
 
+/* A process that missed changes the replication daemon has since trimmed
+ * from the change log (sp_log_floor above what it merged) reloads the state
+ * instead of waiting forever for rows that are gone.  Process 1 is paused
+ * (SIGSTOP) with Redis down, so it can only learn of the write through its
+ * catch-up poll after the log was trimmed as the daemon trims it. */
+static void test_catch_up_after_log_trim(void **state) {
+  (void)state;
+  assert_int_equal(sp_fixture_redis_halt(&S.h.redis), 0);
+  set_status_via(0, "operational");
+  wait_visible(1, "operational", 3000);
+  assert_int_equal(kill(S.h.pids[1], SIGSTOP), 0);
+  set_status_via(0, "under_maintenance");
+  PGconn *db = PQconnectdb(S.h.pg.conninfo);
+  assert_int_equal(PQstatus(db), CONNECTION_OK);
+  PGresult *r = PQexec(db, "INSERT INTO sp_log_floor (origin, seq) "
+                           "SELECT origin, seq FROM sp_vclock "
+                           "ON CONFLICT (origin) DO UPDATE SET seq = EXCLUDED.seq; "
+                           "DELETE FROM sp_change_log");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    fail_msg("trimming the log: %s", PQerrorMessage(db));
+  PQclear(r);
+  PQfinish(db);
+  assert_int_equal(kill(S.h.pids[1], SIGCONT), 0);
+  long long ms = wait_visible(1, "under_maintenance", 5000);
+  print_message("after a trimmed log: visible after %lld ms\n", ms);
+  /* and it keeps following ordinary changes afterwards */
+  set_status_via(0, "degraded_performance");
+  wait_visible(1, "degraded_performance", 3000);
+  assert_int_equal(sp_fixture_redis_resume(&S.h.redis), 0);
+}
+
 /* Count of sp_write calls waiting for a lock in PostgreSQL. */
 static int waiting_writes(PGconn *db) {
   PGresult *res = PQexec(db, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
@@ -572,6 +603,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_write_visible_through_other_process),
       cmocka_unit_test(test_catch_up_without_redis),
+      cmocka_unit_test(test_catch_up_after_log_trim),
       cmocka_unit_test(test_sigterm_finishes_in_flight_requests),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

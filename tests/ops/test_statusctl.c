@@ -51,241 +51,39 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deploy_harness.h"
 #include "sp_fixture.h"
 #include "sp_migrate.h"
 
 #define PORT_SHIFT 20000
-#define RUN_TIMEOUT_MS 120000
-#define NREGIONS 3
-
-static const char *const g_regions[NREGIONS] = {"us-east", "eu-west", "ap-south"};
-static const char *const g_addrs[NREGIONS] = {"127.0.0.11", "127.0.0.12", "127.0.0.13"};
-static const char *const g_procs[] = {"postgres", "redis", "statusd-api", "statusd-replicad"};
-#define NPROCS (sizeof g_procs / sizeof g_procs[0])
+#define NREGIONS DH_NREGIONS
 
 /* The test's one environment (test-only state). */
 static struct {
-  char dir[PATH_MAX];      /* temp dir: topology.json, var/ */
-  char topo[PATH_MAX + 32];
-  char state[PATH_MAX + 32];
-  char statusctl[PATH_MAX];
+  dh_deploy d; /* temp dir, topology copy, ports, API key, page, statusctl's extra env */
   int replicad_built;
-  int api_port;
-  const char *child_env; /* "NAME=value" put in statusctl's environment, or NULL */
-  char key[128];
-  char page[64];
 } g;
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-  }
-}
-
-typedef struct run_out {
-  int status; /* exit status, or -1 */
-  char out[65536];
-  char err[65536];
-} run_out;
-
-/* Runs statusctl with args (NULL-terminated, after the --topology option
- * unless topo is NULL), capturing stdout and stderr. */
-static void run_topo(run_out *r, const char *topo, ...) {
-  char *argv[16];
-  int n = 0;
-  argv[n++] = g.statusctl;
-  if (topo) {
-    argv[n++] = "--topology";
-    argv[n++] = (char *)topo;
-  }
-  va_list ap;
-  va_start(ap, topo);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) != NULL && n < 15)
-    argv[n++] = (char *)a;
-  va_end(ap);
-  argv[n] = NULL;
-  memset(r, 0, sizeof *r);
-  r->status = -1;
-  const char *what = n > (topo ? 3 : 1) ? argv[topo ? 3 : 1] : "(no command)";
-  int po[2], pe[2];
-  assert_int_equal(pipe2(po, O_CLOEXEC), 0);
-  assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    dup2(po[1], 1);
-    dup2(pe[1], 2);
-    if (g.child_env)
-      putenv((char *)g.child_env);
-    execv(argv[0], argv);
-    _exit(127);
-  }
-  close(po[1]);
-  close(pe[1]);
-  size_t lo = 0, le = 0;
-  struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
-  long long end = now_ms() + RUN_TIMEOUT_MS;
-  int open_fds = 2;
-  while (open_fds > 0 && now_ms() < end) {
-    if (poll(fds, 2, 500) < 0 && errno != EINTR)
-      break;
-    for (int i = 0; i < 2; i++) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
-        continue;
-      char *buf = i == 0 ? r->out : r->err;
-      size_t *len = i == 0 ? &lo : &le;
-      char tmp[4096];
-      ssize_t got = read(fds[i].fd, tmp, sizeof tmp);
-      if (got <= 0) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        open_fds--;
-        continue;
-      }
-      size_t room = sizeof r->out - 1 - *len;
-      size_t take = (size_t)got < room ? (size_t)got : room;
-      memcpy(buf + *len, tmp, take);
-      *len += take;
-    }
-  }
-  for (int i = 0; i < 2; i++)
-    if (fds[i].fd >= 0)
-      close(fds[i].fd);
-  int st;
-  if (open_fds > 0) { /* timed out */
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    fail_msg("statusctl %s timed out; stderr:\n%s", what, r->err);
-  }
-  waitpid(pid, &st, 0);
-  r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  /* under ASan/UBSan a report can come with an exit status a test expects */
-  if (strstr(r->err, "Sanitizer") || strstr(r->err, "runtime error:"))
-    fail_msg("statusctl %s: sanitizer report:\n%s", what, r->err);
-}
-
-#define run(r, ...) run_topo(r, g.topo, __VA_ARGS__, (const char *)NULL)
-
-static void expect(const run_out *r, int status, const char *what) {
-  if (r->status != status)
-    fail_msg("%s: exit %d, wanted %d\nstdout:\n%s\nstderr:\n%s", what, r->status, status, r->out,
-             r->err);
-}
-
-/* The PID a region's PID file names, or 0. */
-static pid_t pidfile(const char *region, const char *proc) {
-  char path[PATH_MAX + 128];
-  snprintf(path, sizeof path, "%s/%s/run/%s.pid", g.state, region, proc);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  long v = 0;
-  if (fscanf(f, "%ld", &v) != 1)
-    v = 0;
-  fclose(f);
-  return (pid_t)v;
-}
-
-/* 1 when pid runs (a zombie child of ours is reaped and counts as gone). */
-static int alive(pid_t pid) {
-  if (pid <= 0)
-    return 0;
-  int st;
-  if (waitpid(pid, &st, WNOHANG) == pid)
-    return 0;
-  if (kill(pid, 0) != 0)
-    return 0;
-  char path[64], buf[512];
-  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
-  return p && p[1] == ' ' && p[2] != 'Z';
-}
-
-#define BODY_MAX (8u << 20)
-
-typedef struct body {
-  char *p;
-  size_t n;
-} body;
-
-static size_t on_body(char *d, size_t s, size_t n, void *arg) {
-  body *b = arg;
-  size_t len = s * n;
-  if (b->n + len > BODY_MAX)
-    return 0;
-  char *np = realloc(b->p, b->n + len + 1);
-  if (np == NULL)
-    return 0;
-  b->p = np;
-  memcpy(b->p + b->n, d, len);
-  b->n += len;
-  b->p[b->n] = '\0';
-  return len;
-}
-
-/* One HTTP request; returns the status (0 = no answer); *out (may be NULL)
- * receives the body (free()). */
-static long http(const char *method, const char *url, const char *key, const char *json,
-                 char **out) {
-  CURL *h = curl_easy_init();
-  assert_non_null(h);
-  struct curl_slist *hdrs = NULL;
-  char auth[256];
-  if (key) {
-    snprintf(auth, sizeof auth, "Authorization: OAuth %s", key);
-    hdrs = curl_slist_append(hdrs, auth);
-  }
-  if (json)
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-  body b = {NULL, 0};
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_PROXY, "");
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  if (json)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
-  long status = 0;
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
-  if (out)
-    *out = b.p ? b.p : strdup("");
-  else
-    free(b.p);
-  return status;
-}
+/* statusctl with args (NULL-terminated, after the --topology option unless
+ * topo is NULL); the test fails when it cannot run, times out or prints a
+ * sanitizer report. */
+typedef dh_out run_out;
+#define run_topo(r, topo, ...) dh_expect_ran(r, dh_run(&g.d, r, topo, __VA_ARGS__))
+#define run(r, ...) run_topo(r, g.d.topo, __VA_ARGS__, (const char *)NULL)
 
 static void api_url(int region, const char *path, char *out, size_t len) {
-  if (snprintf(out, len, "http://%s:%d%s", g_addrs[region], g.api_port, path) >= (int)len)
+  if (snprintf(out, len, "http://%s:%d%s", dh_addrs[region], g.d.api_port, path) >= (int)len)
     fail_msg("URL too long: %s", path);
 }
 
 /* GET url until it answers 200 (up to ms); returns the parsed JSON body. */
 static json_t *get_json(const char *url, const char *key, long ms) {
-  long long end = now_ms() + ms;
+  long long end = dh_now_ms() + ms;
   for (;;) {
     char *b;
-    long st = http("GET", url, key, NULL, &b);
+    long st = dh_http("GET", url, key, NULL, &b);
     if (st == 200) {
       json_t *j = json_loads(b, 0, NULL);
       if (j == NULL)
@@ -293,10 +91,10 @@ static json_t *get_json(const char *url, const char *key, long ms) {
       free(b);
       return j;
     }
-    if (now_ms() >= end)
+    if (dh_now_ms() >= end)
       fail_msg("GET %s: status %ld: %.300s", url, st, b);
     free(b);
-    sleep_ms(100);
+    dh_sleep_ms(100);
   }
 }
 
@@ -305,120 +103,41 @@ static json_t *get_json(const char *url, const char *key, long ms) {
 static size_t collect_pids(pid_t out[], size_t cap) {
   size_t n = 0;
   for (int r = 0; r < NREGIONS; r++)
-    for (size_t p = 0; p < NPROCS; p++) {
-      pid_t pid = pidfile(g_regions[r], g_procs[p]);
+    for (size_t p = 0; p < DH_NPROCS; p++) {
+      pid_t pid = dh_pidfile(&g.d, dh_regions[r], dh_procs[p]);
       if (pid > 0 && n < cap)
         out[n++] = pid;
     }
   return n;
 }
 
-static void kill_leftovers(void) {
-  pid_t pids[32];
-  size_t n = collect_pids(pids, 32);
-  for (size_t i = 0; i < n; i++)
-    if (alive(pids[i])) {
-      kill(pids[i], SIGKILL);
-      for (int t = 0; t < 100 && alive(pids[i]); t++)
-        sleep_ms(20);
-    }
-}
-
 /* ---- group setup ------------------------------------------------------------- */
-
-static int write_topology(void) {
-  const char *src = getenv("SP_SRCDIR");
-  char path[PATH_MAX];
-  snprintf(path, sizeof path, "%s/config/topology.local.json", src && *src ? src : ".");
-  json_error_t e;
-  json_t *t = json_load_file(path, 0, &e);
-  if (t == NULL) {
-    fprintf(stderr, "cannot read %s: %s\n", path, e.text);
-    return -1;
-  }
-  char v[PATH_MAX + 64];
-  snprintf(v, sizeof v, "%s/var", g.dir);
-  json_object_set_new(t, "state_dir", json_string(v));
-  json_t *tls = json_object_get(t, "tls");
-  snprintf(v, sizeof v, "%s/var/tls/ca.pem", g.dir);
-  json_object_set_new(tls, "ca_cert", json_string(v));
-  snprintf(v, sizeof v, "%s/var/tls/ca.key", g.dir);
-  json_object_set_new(tls, "ca_key", json_string(v));
-  size_t i;
-  json_t *r;
-  json_array_foreach(json_object_get(t, "regions"), i, r) {
-    static const char *const svc[] = {"api", "sse", "notify", "replication", "postgres", "redis"};
-    for (size_t k = 0; k < sizeof svc / sizeof svc[0]; k++) {
-      json_t *o = json_object_get(r, svc[k]);
-      json_object_set_new(o, "port",
-                          json_integer(json_integer_value(json_object_get(o, "port")) + PORT_SHIFT));
-    }
-    const char *name = json_string_value(json_object_get(r, "name"));
-    json_t *rt = json_object_get(r, "tls");
-    snprintf(v, sizeof v, "%s/var/tls/%s.pem", g.dir, name);
-    json_object_set_new(rt, "cert", json_string(v));
-    snprintf(v, sizeof v, "%s/var/tls/%s.key", g.dir, name);
-    json_object_set_new(rt, "key", json_string(v));
-    if (i == 0)
-      g.api_port = (int)json_integer_value(json_object_get(json_object_get(r, "api"), "port"));
-  }
-  int rc = json_dump_file(t, g.topo, JSON_INDENT(2));
-  json_decref(t);
-  chmod(g.topo, 0644);
-  return rc;
-}
 
 static int setup(void **state) {
   (void)state;
-  const char *base = getenv("SP_TEST_TMPDIR");
-  snprintf(g.dir, sizeof g.dir, "%s/sp-statusctl.XXXXXX", base && *base ? base : "/tmp");
-  if (mkdtemp(g.dir) == NULL || chmod(g.dir, 0755) != 0) {
-    perror("mkdtemp");
+  if (dh_deploy_init(&g.d, "sp-statusctl", PORT_SHIFT) != 0)
     return -1;
-  }
-  snprintf(g.topo, sizeof g.topo, "%s/topology.json", g.dir);
-  snprintf(g.state, sizeof g.state, "%s/var", g.dir);
-  /* build/tests/ops/test_statusctl -> build/statusctl */
+  g.d.check_sanitizer = 1;
+  /* build/tests/ops/test_statusctl -> build/statusctl, or $SP_STATUSCTL */
   const char *env = getenv("SP_STATUSCTL");
-  if (env && *env) {
-    snprintf(g.statusctl, sizeof g.statusctl, "%s", env);
-  } else {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-      return -1;
-    exe[n] = '\0';
-    char *d = dirname(dirname(dirname(exe)));
-    snprintf(g.statusctl, sizeof g.statusctl, "%s/statusctl", d);
-  }
-  if (access(g.statusctl, X_OK) != 0) {
-    fprintf(stderr, "%s is not built (make)\n", g.statusctl);
+  if (env && *env)
+    snprintf(g.d.statusctl, sizeof g.d.statusctl, "%s", env);
+  if (access(g.d.statusctl, X_OK) != 0) {
+    fprintf(stderr, "%s is not built (make)\n", g.d.statusctl);
     return -1;
   }
   char replicad[PATH_MAX + 32];
-  snprintf(replicad, sizeof replicad, "%s", g.statusctl);
+  snprintf(replicad, sizeof replicad, "%s", g.d.statusctl);
   snprintf(strrchr(replicad, '/'), 24, "/statusd-replicad");
   g.replicad_built = access(replicad, X_OK) == 0;
-  /* orphaned daemons become our children: we reap them */
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
-    return -1;
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-  return write_topology();
+  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
 }
 
 static int teardown(void **state) {
   (void)state;
-  run_out *r = malloc(sizeof *r);
-  if (r) {
-    run_topo(r, g.topo, "down", "--purge", "--force", (const char *)NULL);
-    free(r);
-  }
-  kill_leftovers();
-  char cmd[PATH_MAX + 16];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g.dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", g.dir);
-  curl_global_cleanup();
+  dh_deploy_down(&g.d);
+  dh_kill_leftovers(&g.d);
+  dh_deploy_release(&g.d);
   return 0;
 }
 
@@ -428,64 +147,64 @@ static void test_usage_errors(void **state) {
   (void)state;
   run_out *r = malloc(sizeof *r);
   run_topo(r, NULL, (const char *)NULL);
-  expect(r, 2, "no command");
+  dh_expect(r, 2, "no command");
   assert_non_null(strstr(r->err, "usage:"));
   run(r, "launch");
-  expect(r, 2, "unknown command");
+  dh_expect(r, 2, "unknown command");
   assert_non_null(strstr(r->err, "unknown command 'launch'"));
   run(r, "status", "--purge");
-  expect(r, 2, "flag of another command");
+  dh_expect(r, 2, "flag of another command");
   assert_non_null(strstr(r->err, "--purge"));
   run(r, "up", "--bogus");
-  expect(r, 2, "unknown flag");
+  dh_expect(r, 2, "unknown flag");
   assert_non_null(strstr(r->err, "unknown flag '--bogus'"));
   run(r, "down", "--force");
-  expect(r, 2, "--force without --purge");
+  dh_expect(r, 2, "--force without --purge");
   run(r, "status", "extra");
-  expect(r, 2, "extra argument");
+  dh_expect(r, 2, "extra argument");
   assert_non_null(strstr(r->err, "'extra'"));
   /* a bad topology: the loader's message, field path included */
   char bad[PATH_MAX + 32];
-  snprintf(bad, sizeof bad, "%s/bad.json", g.dir);
-  json_t *t = json_load_file(g.topo, 0, NULL);
+  snprintf(bad, sizeof bad, "%s/bad.json", g.d.dir);
+  json_t *t = json_load_file(g.d.topo, 0, NULL);
   assert_non_null(t);
   json_object_set_new(json_object_get(json_array_get(json_object_get(t, "regions"), 0), "api"),
                       "port", json_integer(70000));
   assert_int_equal(json_dump_file(t, bad, 0), 0);
   json_decref(t);
   run_topo(r, bad, "up", (const char *)NULL);
-  expect(r, 2, "bad topology");
+  dh_expect(r, 2, "bad topology");
   assert_non_null(strstr(r->err, "regions[0].api.port"));
   run_topo(r, "/nonexistent/topology.json", "status", (const char *)NULL);
-  expect(r, 2, "missing topology");
+  dh_expect(r, 2, "missing topology");
   assert_non_null(strstr(r->err, "/nonexistent/topology.json"));
   /* statusd-api create-admin-key --key checks the key before anything */
   char api[PATH_MAX + 32];
-  snprintf(api, sizeof api, "%s", g.statusctl);
+  snprintf(api, sizeof api, "%s", g.d.statusctl);
   snprintf(strrchr(api, '/'), 20, "/statusd-api");
   static const char *const bad_keys[] = {"short", "has space in it 0123456789",
                                          "quote'quote'quote'quote'", NULL};
   for (int i = 0; bad_keys[i]; i++) {
     char cmd[3 * PATH_MAX];
     snprintf(cmd, sizeof cmd, "'%s' --topology '%s' --region us-east create-admin-key --key \"%s\" "
-             "2>&1 | grep -q 'expected 20-100 characters'", api, g.topo, bad_keys[i]);
+             "2>&1 | grep -q 'expected 20-100 characters'", api, g.d.topo, bad_keys[i]);
     if (system(cmd) != 0)
       fail_msg("statusd-api accepted or misreported --key '%s'", bad_keys[i]);
   }
   char cmd[3 * PATH_MAX];
   snprintf(cmd, sizeof cmd, "'%s' --topology '%s' --region us-east --key %s serve >/dev/null 2>&1",
-           api, g.topo, "abcdefghijklmnopqrstuvwxyz");
+           api, g.d.topo, "abcdefghijklmnopqrstuvwxyz");
   int st = system(cmd);
   assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
   /* nothing was started by any of it */
   struct stat sb;
-  assert_int_equal(stat(g.state, &sb), -1);
+  assert_int_equal(stat(g.d.state, &sb), -1);
   free(r);
 }
 
 static void check_demo_page(int region) {
   char url[256], path[128];
-  snprintf(path, sizeof path, "/pages/%s/api/v2/summary.json", g.page);
+  snprintf(path, sizeof path, "/pages/%s/api/v2/summary.json", g.d.page);
   api_url(region, path, url, sizeof url);
   json_t *s = get_json(url, NULL, 5000);
   assert_string_equal(json_string_value(json_object_get(json_object_get(s, "page"), "name")),
@@ -514,7 +233,7 @@ static void check_demo_page(int region) {
 
 static void check_certificates(void) {
   char path[PATH_MAX + 64];
-  snprintf(path, sizeof path, "%s/tls/ca.pem", g.state);
+  snprintf(path, sizeof path, "%s/tls/ca.pem", g.d.state);
   FILE *f = fopen(path, "r");
   assert_non_null(f);
   X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
@@ -522,22 +241,22 @@ static void check_certificates(void) {
   assert_non_null(ca);
   EVP_PKEY *capub = X509_get_pubkey(ca);
   for (int r = 0; r < NREGIONS; r++) {
-    snprintf(path, sizeof path, "%s/tls/%s.pem", g.state, g_regions[r]);
+    snprintf(path, sizeof path, "%s/tls/%s.pem", g.d.state, dh_regions[r]);
     f = fopen(path, "r");
     assert_non_null(f);
     X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
     assert_non_null(x);
     assert_int_equal(X509_verify(x, capub), 1);
-    assert_int_equal(X509_check_host(x, g_regions[r], 0, 0, NULL), 1);
+    assert_int_equal(X509_check_host(x, dh_regions[r], 0, 0, NULL), 1);
     X509_free(x);
     struct stat sb;
-    snprintf(path, sizeof path, "%s/tls/%s.key", g.state, g_regions[r]);
+    snprintf(path, sizeof path, "%s/tls/%s.key", g.d.state, dh_regions[r]);
     assert_int_equal(stat(path, &sb), 0);
     assert_int_equal(sb.st_mode & 0777, 0600);
   }
   struct stat sb;
-  snprintf(path, sizeof path, "%s/tls/ca.key", g.state);
+  snprintf(path, sizeof path, "%s/tls/ca.key", g.d.state);
   assert_int_equal(stat(path, &sb), 0);
   assert_int_equal(sb.st_mode & 0777, 0600);
   EVP_PKEY_free(capub);
@@ -548,13 +267,13 @@ static void test_up_from_nothing(void **state) {
   (void)state;
   run_out *r = malloc(sizeof *r);
   run(r, "up");
-  expect(r, 0, "up");
+  dh_expect(r, 0, "up");
   assert_non_null(strstr(r->out, "created the demo page"));
   assert_non_null(strstr(r->out, "eu-west: seeded"));
   assert_non_null(strstr(r->out, "ap-south: seeded"));
   /* endpoints --json: complete and right */
   run(r, "endpoints", "--json");
-  expect(r, 0, "endpoints --json");
+  dh_expect(r, 0, "endpoints --json");
   json_t *e = json_loads(r->out, 0, NULL);
   assert_non_null(e);
   json_t *regions = json_object_get(e, "regions");
@@ -562,25 +281,25 @@ static void test_up_from_nothing(void **state) {
   for (int i = 0; i < NREGIONS; i++) {
     json_t *x = json_array_get(regions, (size_t)i);
     char want[256];
-    assert_string_equal(json_string_value(json_object_get(x, "name")), g_regions[i]);
+    assert_string_equal(json_string_value(json_object_get(x, "name")), dh_regions[i]);
     api_url(i, "", want, sizeof want);
     assert_string_equal(json_string_value(json_object_get(x, "api")), want);
     api_url(i, "/ready", want, sizeof want);
     assert_string_equal(json_string_value(json_object_get(x, "ready")), want);
     api_url(i, "/metrics", want, sizeof want);
     assert_string_equal(json_string_value(json_object_get(x, "metrics")), want);
-    snprintf(want, sizeof want, "https://%s:%d", g_addrs[i], 8443 + PORT_SHIFT);
+    snprintf(want, sizeof want, "https://%s:%d", dh_addrs[i], 8443 + PORT_SHIFT);
     assert_string_equal(json_string_value(json_object_get(x, "replication")), want);
   }
   const char *key = json_string_value(json_object_get(e, "admin_key"));
   const char *page = json_string_value(json_object_get(e, "demo_page_id"));
   assert_non_null(key);
   assert_non_null(page);
-  snprintf(g.key, sizeof g.key, "%s", key);
-  snprintf(g.page, sizeof g.page, "%s", page);
+  snprintf(g.d.key, sizeof g.d.key, "%s", key);
+  snprintf(g.d.page, sizeof g.d.page, "%s", page);
   json_decref(e);
-  char path[sizeof g.state + 32];
-  snprintf(path, sizeof path, "%s/statusctl.json", g.state);
+  char path[sizeof g.d.state + 32];
+  snprintf(path, sizeof path, "%s/statusctl.json", g.d.state);
   struct stat sb;
   assert_int_equal(stat(path, &sb), 0);
   assert_int_equal(sb.st_mode & 0777, 0600);
@@ -591,42 +310,42 @@ static void test_up_from_nothing(void **state) {
   for (int i = 0; i < NREGIONS; i++) {
     char url[256];
     api_url(i, "/ready", url, sizeof url);
-    assert_int_equal(http("GET", url, NULL, NULL, NULL), 200);
+    assert_int_equal(dh_http("GET", url, NULL, NULL, NULL), 200);
     check_demo_page(i);
     api_url(i, "/v1/pages", url, sizeof url);
-    json_t *pages = get_json(url, g.key, 5000);
+    json_t *pages = get_json(url, g.d.key, 5000);
     assert_int_equal(json_array_size(pages), 1);
     assert_string_equal(json_string_value(json_object_get(json_array_get(pages, 0), "id")),
-                        g.page);
+                        g.d.page);
     json_decref(pages);
     /* a wrong key is refused: the check above means something */
-    assert_int_equal(http("GET", url, "sp_wrongwrongwrongwrongwrong", NULL, NULL), 401);
+    assert_int_equal(dh_http("GET", url, "sp_wrongwrongwrongwrongwrong", NULL, NULL), 401);
   }
 
   /* verify: converged */
   char url[256];
   api_url(0, "/_internal/digest", url, sizeof url);
-  if (http("GET", url, NULL, NULL, NULL) == 404) {
+  if (dh_http("GET", url, NULL, NULL, NULL) == 404) {
     print_message("SKIPPED verify: statusd-api has no /_internal/digest yet\n");
   } else {
     run(r, "verify");
-    expect(r, 0, "verify");
+    dh_expect(r, 0, "verify");
     assert_non_null(strstr(r->out, "converged"));
   }
 
   /* status: everything up */
   run(r, "status", "--json");
-  expect(r, 0, "status --json");
+  dh_expect(r, 0, "status --json");
   json_t *s = json_loads(r->out, 0, NULL);
   assert_non_null(s);
   assert_true(json_is_true(json_object_get(s, "healthy")));
   for (int i = 0; i < NREGIONS; i++) {
     json_t *x = json_array_get(json_object_get(s, "regions"), (size_t)i);
-    assert_string_equal(json_string_value(json_object_get(x, "name")), g_regions[i]);
+    assert_string_equal(json_string_value(json_object_get(x, "name")), dh_regions[i]);
     assert_true(json_is_true(json_object_get(x, "ready")));
     json_t *procs = json_object_get(x, "processes");
-    for (size_t p = 0; p < NPROCS; p++) {
-      json_t *pr = json_object_get(procs, g_procs[p]);
+    for (size_t p = 0; p < DH_NPROCS; p++) {
+      json_t *pr = json_object_get(procs, dh_procs[p]);
       const char *st = json_string_value(json_object_get(pr, "state"));
       if (p == 3 && !g.replicad_built) {
         assert_string_equal(st, "not built");
@@ -634,8 +353,8 @@ static void test_up_from_nothing(void **state) {
       }
       assert_string_equal(st, "up");
       pid_t pid = (pid_t)json_integer_value(json_object_get(pr, "pid"));
-      assert_int_equal(pid, pidfile(g_regions[i], g_procs[p]));
-      assert_true(alive(pid));
+      assert_int_equal(pid, dh_pidfile(&g.d, dh_regions[i], dh_procs[p]));
+      assert_true(dh_alive(pid));
     }
     if (!g.replicad_built)
       assert_string_equal(json_string_value(json_object_get(x, "replication")),
@@ -643,7 +362,7 @@ static void test_up_from_nothing(void **state) {
   }
   json_decref(s);
   run(r, "status");
-  expect(r, 0, "status");
+  dh_expect(r, 0, "status");
   assert_non_null(strstr(r->out, "ap-south"));
   free(r);
 }
@@ -655,7 +374,7 @@ static void test_up_again_is_a_noop(void **state) {
   assert_true(n >= 9);
   run_out *r = malloc(sizeof *r);
   run(r, "up");
-  expect(r, 0, "second up");
+  dh_expect(r, 0, "second up");
   assert_null(strstr(r->out, "started"));
   assert_null(strstr(r->out, "created"));
   assert_null(strstr(r->out, "changes from"));
@@ -663,7 +382,7 @@ static void test_up_again_is_a_noop(void **state) {
   assert_int_equal(collect_pids(after, 32), n);
   for (size_t i = 0; i < n; i++) {
     assert_int_equal(after[i], before[i]);
-    assert_true(alive(after[i]));
+    assert_true(dh_alive(after[i]));
   }
   free(r);
 }
@@ -675,18 +394,18 @@ static void test_down_stops_everything(void **state) {
   assert_true(n >= 9);
   run_out *r = malloc(sizeof *r);
   run(r, "down");
-  expect(r, 0, "down");
+  dh_expect(r, 0, "down");
   for (size_t i = 0; i < n; i++)
-    if (alive(pids[i]))
+    if (dh_alive(pids[i]))
       fail_msg("pid %ld still alive after down", (long)pids[i]);
   /* nothing listens any more, and status says so */
   char url[256];
   api_url(0, "/health", url, sizeof url);
-  assert_int_equal(http("GET", url, NULL, NULL, NULL), 0);
+  assert_int_equal(dh_http("GET", url, NULL, NULL, NULL), 0);
   run(r, "status");
-  expect(r, 1, "status when down");
+  dh_expect(r, 1, "status when down");
   run(r, "down");
-  expect(r, 0, "down again");
+  dh_expect(r, 0, "down again");
   assert_non_null(strstr(r->out, "nothing was running"));
   free(r);
 }
@@ -701,30 +420,30 @@ static void test_port_in_use_is_named(void **state) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in a = {0};
   a.sin_family = AF_INET;
-  a.sin_port = htons((uint16_t)g.api_port);
-  inet_pton(AF_INET, g_addrs[1], &a.sin_addr);
+  a.sin_port = htons((uint16_t)g.d.api_port);
+  inet_pton(AF_INET, dh_addrs[1], &a.sin_addr);
   assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
   assert_int_equal(listen(fd, 4), 0);
   run_out *r = malloc(sizeof *r);
   run(r, "up");
   close(fd);
-  expect(r, 1, "up with a taken port");
+  dh_expect(r, 1, "up with a taken port");
   char want[128];
-  snprintf(want, sizeof want, "eu-west: statusd-api: %s:%d is already in use", g_addrs[1],
-           g.api_port);
+  snprintf(want, sizeof want, "eu-west: statusd-api: %s:%d is already in use", dh_addrs[1],
+           g.d.api_port);
   if (strstr(r->err, want) == NULL)
     fail_msg("stderr does not say '%s':\n%s", want, r->err);
   /* what did start is stopped again */
   run(r, "down");
-  expect(r, 0, "down after the failed up");
+  dh_expect(r, 0, "down after the failed up");
   free(r);
 }
 
 /* A service that does not come up: up fails naming it, with its log. */
 static void test_failing_service_is_reported(void **state) {
   (void)state;
-  char sql[sizeof g.dir + 32], file[sizeof g.dir + 64], env[sizeof g.dir + 48];
-  snprintf(sql, sizeof sql, "%s/badsql", g.dir);
+  char sql[sizeof g.d.dir + 32], file[sizeof g.d.dir + 64], env[sizeof g.d.dir + 48];
+  snprintf(sql, sizeof sql, "%s/badsql", g.d.dir);
   assert_int_equal(mkdir(sql, 0755), 0);
   snprintf(file, sizeof file, "%s/9999_broken.sql", sql);
   FILE *f = fopen(file, "w");
@@ -734,16 +453,16 @@ static void test_failing_service_is_reported(void **state) {
   chmod(file, 0644);
   /* statusd-api reads its migrations from $SP_SQL_DIR */
   snprintf(env, sizeof env, "SP_SQL_DIR=%s", sql);
-  g.child_env = env;
+  g.d.child_env = env;
   run_out *r = malloc(sizeof *r);
   run(r, "up");
-  g.child_env = NULL;
-  expect(r, 1, "up with a statusd-api that cannot migrate");
+  g.d.child_env = NULL;
+  dh_expect(r, 1, "up with a statusd-api that cannot migrate");
   if (strstr(r->err, "statusd-api exited while starting") == NULL ||
       strstr(r->err, "statusd-api.log") == NULL || strstr(r->err, "9999_broken.sql") == NULL)
     fail_msg("stderr does not name the process and show its log:\n%s", r->err);
   run(r, "down");
-  expect(r, 0, "down after the failed up");
+  dh_expect(r, 0, "down after the failed up");
   free(r);
 }
 
@@ -751,22 +470,22 @@ static void test_up_after_down_keeps_data(void **state) {
   (void)state;
   run_out *r = malloc(sizeof *r);
   run(r, "up");
-  expect(r, 0, "up after down");
+  dh_expect(r, 0, "up after down");
   assert_non_null(strstr(r->out, "statusd-api started"));
   assert_null(strstr(r->out, "initialised"));
   assert_null(strstr(r->out, "created"));
   run(r, "endpoints", "--json");
-  expect(r, 0, "endpoints");
+  dh_expect(r, 0, "endpoints");
   json_t *e = json_loads(r->out, 0, NULL);
   assert_non_null(e);
-  assert_string_equal(json_string_value(json_object_get(e, "admin_key")), g.key);
-  assert_string_equal(json_string_value(json_object_get(e, "demo_page_id")), g.page);
+  assert_string_equal(json_string_value(json_object_get(e, "admin_key")), g.d.key);
+  assert_string_equal(json_string_value(json_object_get(e, "demo_page_id")), g.d.page);
   json_decref(e);
   for (int i = 0; i < NREGIONS; i++) {
     check_demo_page(i);
     char url[256];
     api_url(i, "/v1/pages", url, sizeof url);
-    json_t *pages = get_json(url, g.key, 5000);
+    json_t *pages = get_json(url, g.d.key, 5000);
     assert_int_equal(json_array_size(pages), 1); /* not duplicated */
     json_decref(pages);
   }
@@ -777,18 +496,18 @@ static void test_verify_names_a_diverged_page(void **state) {
   (void)state;
   char url[256], path[256];
   api_url(0, "/_internal/digest", url, sizeof url);
-  if (http("GET", url, NULL, NULL, NULL) == 404) {
+  if (dh_http("GET", url, NULL, NULL, NULL) == 404) {
     print_message("SKIPPED: statusd-api has no /_internal/digest yet\n");
     return;
   }
   run_out *r = malloc(sizeof *r);
   run(r, "verify");
-  expect(r, 0, "verify before the change");
+  dh_expect(r, 0, "verify before the change");
   /* a write in ap-south only: nothing replicates it (no replicad) */
-  snprintf(path, sizeof path, "/v1/pages/%s/components/%scdn", g.page, g.page);
+  snprintf(path, sizeof path, "/v1/pages/%s/components/%scdn", g.d.page, g.d.page);
   api_url(2, path, url, sizeof url);
   char *b;
-  long st = http("PATCH", url, g.key, "{\"component\":{\"status\":\"major_outage\"}}", &b);
+  long st = dh_http("PATCH", url, g.d.key, "{\"component\":{\"status\":\"major_outage\"}}", &b);
   if (st != 200)
     fail_msg("PATCH %s: %ld %s", url, st, b);
   free(b);
@@ -796,22 +515,22 @@ static void test_verify_names_a_diverged_page(void **state) {
     free(r);
     return; /* a running replicad would converge the regions again */
   }
-  long long end = now_ms() + 5000;
+  long long end = dh_now_ms() + 5000;
   do {
     run(r, "verify");
-  } while (r->status == 0 && now_ms() < end);
-  expect(r, 1, "verify after a write in one region");
+  } while (r->status == 0 && dh_now_ms() < end);
+  dh_expect(r, 1, "verify after a write in one region");
   assert_non_null(strstr(r->out, "NOT converged"));
-  assert_non_null(strstr(r->out, g.page));
+  assert_non_null(strstr(r->out, g.d.page));
   assert_non_null(strstr(r->out, "ap-south="));
   run(r, "verify", "--json");
-  expect(r, 1, "verify --json");
+  dh_expect(r, 1, "verify --json");
   json_t *v = json_loads(r->out, 0, NULL);
   assert_non_null(v);
   assert_true(json_is_false(json_object_get(v, "converged")));
   json_t *pages = json_object_get(v, "differing_pages");
   assert_int_equal(json_object_size(pages), 1);
-  json_t *per = json_object_get(pages, g.page);
+  json_t *per = json_object_get(pages, g.d.page);
   assert_non_null(per);
   const char *us = json_string_value(json_object_get(per, "us-east"));
   const char *eu = json_string_value(json_object_get(per, "eu-west"));
@@ -832,32 +551,32 @@ static void test_purge(void **state) {
   run_out *r = malloc(sizeof *r);
   /* the state dir is not the repository's var/: refused, nothing stopped */
   run(r, "down", "--purge");
-  expect(r, 2, "purge outside var/");
+  dh_expect(r, 2, "purge outside var/");
   assert_non_null(strstr(r->err, "--force"));
   for (size_t i = 0; i < n; i++)
-    assert_true(alive(pids[i]));
+    assert_true(dh_alive(pids[i]));
   struct stat sb;
-  assert_int_equal(stat(g.state, &sb), 0);
+  assert_int_equal(stat(g.d.state, &sb), 0);
   /* something statusctl did not make in the state dir: refused even with
    * --force */
-  char stray[sizeof g.state + 32];
-  snprintf(stray, sizeof stray, "%s/notes.txt", g.state);
+  char stray[sizeof g.d.state + 32];
+  snprintf(stray, sizeof stray, "%s/notes.txt", g.d.state);
   FILE *f = fopen(stray, "w");
   assert_non_null(f);
   fclose(f);
   run(r, "down", "--purge", "--force");
-  expect(r, 2, "purge of a dir with a stranger's file");
+  dh_expect(r, 2, "purge of a dir with a stranger's file");
   assert_non_null(strstr(r->err, "notes.txt"));
   unlink(stray);
   run(r, "down", "--purge", "--force");
-  expect(r, 0, "down --purge --force");
+  dh_expect(r, 0, "down --purge --force");
   for (size_t i = 0; i < n; i++)
-    if (alive(pids[i]))
+    if (dh_alive(pids[i]))
       fail_msg("pid %ld still alive after down --purge", (long)pids[i]);
-  assert_int_equal(stat(g.state, &sb), -1);
+  assert_int_equal(stat(g.d.state, &sb), -1);
   assert_int_equal(errno, ENOENT);
   run(r, "endpoints", "--json");
-  expect(r, 0, "endpoints after purge");
+  dh_expect(r, 0, "endpoints after purge");
   json_t *e = json_loads(r->out, 0, NULL);
   assert_non_null(e);
   assert_true(json_is_null(json_object_get(e, "admin_key")));
@@ -1088,7 +807,7 @@ static void test_apply_concurrent(void **state) {
   assert_int_equal(PQsendQueryParams(b, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, NULL,
                                      p, NULL, NULL, 0),
                    1);
-  sleep_ms(300);
+  dh_sleep_ms(300);
   assert_int_equal(PQconsumeInput(b), 1);
   assert_int_equal(PQisBusy(b), 1); /* waiting for a's lock on origin 3 */
   q(a, "COMMIT");
@@ -1113,7 +832,7 @@ static void test_apply_concurrent(void **state) {
   assert_int_equal(PQsendQueryParams(b, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, NULL,
                                      p2, NULL, NULL, 0),
                    1);
-  sleep_ms(300);
+  dh_sleep_ms(300);
   assert_int_equal(PQconsumeInput(b), 1);
   assert_int_equal(PQisBusy(b), 1); /* waiting for the clock row */
   q(a, "COMMIT");

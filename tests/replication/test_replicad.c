@@ -47,281 +47,24 @@
 #include <uv.h>
 
 #include "crdt.h"
+#include "deploy_harness.h"
 #include "sp_err.h"
 #include "sp_h2.h"
 #include "sp_tls.h"
 
 #define PORT_SHIFT 21000
-#define RUN_TIMEOUT_MS 120000
-#define NREGIONS 3
+#define NREGIONS DH_NREGIONS
 #define CONVERGE_MS 10000
 
-static const char *const g_regions[NREGIONS] = {"us-east", "eu-west", "ap-south"};
-static const char *const g_addrs[NREGIONS] = {"127.0.0.11", "127.0.0.12", "127.0.0.13"};
-static const char *const g_procs[] = {"postgres", "redis", "statusd-api", "statusd-replicad"};
-#define NPROCS (sizeof g_procs / sizeof g_procs[0])
-
 static struct {
-  char dir[PATH_MAX];
-  char topo[PATH_MAX + 32];
-  char state[PATH_MAX + 32];
-  char statusctl[PATH_MAX];
-  char replicad[PATH_MAX + 32];
-  int api_port, repl_port, redis_port;
-  char key[128];
-  char page[64];
+  dh_deploy d; /* temp dir, topology copy, ports, API key and page */
   int up;
 } g;
 
-/* ---- helpers (process running and HTTP/1.1 as in tests/ops) -------------- */
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-  }
-}
-
-typedef struct run_out {
-  int status;
-  char out[65536];
-  char err[65536];
-} run_out;
-
-/* Runs statusctl --topology T args... (NULL-terminated), capturing output. */
-static void run(run_out *r, ...) {
-  char *argv[16];
-  int n = 0;
-  argv[n++] = g.statusctl;
-  argv[n++] = "--topology";
-  argv[n++] = g.topo;
-  va_list ap;
-  va_start(ap, r);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) != NULL && n < 15)
-    argv[n++] = (char *)a;
-  va_end(ap);
-  argv[n] = NULL;
-  memset(r, 0, sizeof *r);
-  r->status = -1;
-  int po[2], pe[2];
-  assert_int_equal(pipe2(po, O_CLOEXEC), 0);
-  assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    dup2(po[1], 1);
-    dup2(pe[1], 2);
-    execv(argv[0], argv);
-    _exit(127);
-  }
-  close(po[1]);
-  close(pe[1]);
-  size_t len[2] = {0, 0};
-  struct pollfd fds[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
-  long long end = now_ms() + RUN_TIMEOUT_MS;
-  int open_fds = 2;
-  while (open_fds > 0 && now_ms() < end) {
-    if (poll(fds, 2, 500) < 0 && errno != EINTR)
-      break;
-    for (int i = 0; i < 2; i++) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
-        continue;
-      char *buf = i == 0 ? r->out : r->err;
-      char tmp[4096];
-      ssize_t got = read(fds[i].fd, tmp, sizeof tmp);
-      if (got <= 0) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        open_fds--;
-        continue;
-      }
-      size_t room = sizeof r->out - 1 - len[i];
-      size_t take = (size_t)got < room ? (size_t)got : room;
-      memcpy(buf + len[i], tmp, take);
-      len[i] += take;
-    }
-  }
-  for (int i = 0; i < 2; i++)
-    if (fds[i].fd >= 0)
-      close(fds[i].fd);
-  int st;
-  if (open_fds > 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    fail_msg("statusctl %s timed out; stderr:\n%s", argv[3], r->err);
-  }
-  waitpid(pid, &st, 0);
-  r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void expect(const run_out *r, int status, const char *what) {
-  if (r->status != status)
-    fail_msg("%s: exit %d, wanted %d\nstdout:\n%s\nstderr:\n%s", what, r->status, status, r->out,
-             r->err);
-}
-
-static pid_t pidfile(const char *region, const char *proc) {
-  char path[PATH_MAX + 128];
-  snprintf(path, sizeof path, "%s/%s/run/%s.pid", g.state, region, proc);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  long v = 0;
-  if (fscanf(f, "%ld", &v) != 1)
-    v = 0;
-  fclose(f);
-  return (pid_t)v;
-}
-
-static int alive(pid_t pid) {
-  int st;
-  if (pid <= 0 || waitpid(pid, &st, WNOHANG) == pid || kill(pid, 0) != 0)
-    return 0;
-  return 1;
-}
-
-typedef struct body {
-  char *p;
-  size_t n;
-} body;
-
-static size_t on_body(char *d, size_t s, size_t n, void *arg) {
-  body *b = arg;
-  size_t len = s * n;
-  if (b->n + len > (8u << 20))
-    return 0;
-  char *np = realloc(b->p, b->n + len + 1);
-  if (np == NULL)
-    return 0;
-  b->p = np;
-  memcpy(b->p + b->n, d, len);
-  b->n += len;
-  b->p[b->n] = '\0';
-  return len;
-}
-
-/* One HTTP/1.1 request to region `region`'s API; the status (0: no answer);
- * *out (may be NULL) gets the body (free()). */
-static long http(int region, const char *method, const char *path, const char *json, char **out) {
-  char url[512];
-  snprintf(url, sizeof url, "http://%s:%d%s", g_addrs[region], g.api_port, path);
-  CURL *h = curl_easy_init();
-  assert_non_null(h);
-  struct curl_slist *hdrs = NULL;
-  char auth[256];
-  snprintf(auth, sizeof auth, "Authorization: OAuth %s", g.key);
-  hdrs = curl_slist_append(hdrs, auth);
-  if (json)
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-  body b = {NULL, 0};
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_PROXY, "");
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  if (json)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
-  long status = 0;
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
-  if (out)
-    *out = b.p ? b.p : strdup("");
-  else
-    free(b.p);
-  return status;
-}
-
-/* A write through the management API that must succeed; returns the JSON
- * answer (json_decref) or NULL for an empty one. */
-static json_t *write_ok(int region, const char *method, const char *path, const char *json) {
-  char *b;
-  long st = http(region, method, path, json, &b);
-  if (st < 200 || st > 299)
-    fail_msg("%s %s in %s: %ld %s", method, path, g_regions[region], st, b);
-  json_t *j = json_loads(b, 0, NULL);
-  free(b);
-  return j;
-}
-
-/* The status of component `id` in the public summary of `region`: "" when
- * the component is not there, NULL when the summary cannot be read. */
-static char *public_status(int region, const char *id) {
-  char path[256], *b;
-  snprintf(path, sizeof path, "/pages/%s/api/v2/summary.json", g.page);
-  if (http(region, "GET", path, NULL, &b) != 200) {
-    free(b);
-    return NULL;
-  }
-  json_t *s = json_loads(b, 0, NULL);
-  free(b);
-  char *out = strdup("");
-  size_t i;
-  json_t *c;
-  json_array_foreach(json_object_get(s, "components"), i, c) {
-    if (strcmp(json_string_value(json_object_get(c, "id")), id) == 0) {
-      free(out);
-      out = strdup(json_string_value(json_object_get(c, "status")));
-    }
-  }
-  json_decref(s);
-  return out;
-}
-
-/* Waits up to ms for component `id` to read `want` ("" = absent) publicly
- * in `region`. */
-static void wait_public(int region, const char *id, const char *want, long ms) {
-  long long end = now_ms() + ms;
-  char *got = NULL;
-  for (;;) {
-    free(got);
-    got = public_status(region, id);
-    if (got && strcmp(got, want) == 0)
-      break;
-    if (now_ms() >= end)
-      fail_msg("component %s in %s: status \"%s\", wanted \"%s\"", id, g_regions[region],
-               got ? got : "(no summary)", want);
-    sleep_ms(100);
-  }
-  free(got);
-}
-
-static void wait_converged(const char *what) {
-  run_out *r = malloc(sizeof *r);
-  long long end = now_ms() + CONVERGE_MS;
-  do {
-    run(r, "verify", (const char *)NULL);
-    if (r->status == 0)
-      break;
-    sleep_ms(200);
-  } while (now_ms() < end);
-  if (r->status != 0)
-    fail_msg("%s: not converged within %d ms:\n%s%s", what, CONVERGE_MS, r->out, r->err);
-  assert_non_null(strstr(r->out, "converged: 3 regions"));
-  free(r);
-}
-
-static void kill_leftovers(void) {
-  for (int r = 0; r < NREGIONS; r++)
-    for (size_t p = 0; p < NPROCS; p++) {
-      pid_t pid = pidfile(g_regions[r], g_procs[p]);
-      if (alive(pid)) {
-        kill(pid, SIGKILL);
-        for (int t = 0; t < 100 && alive(pid); t++)
-          sleep_ms(20);
-      }
-    }
-}
+/* statusctl --topology <copy> args... (NULL-terminated); the test fails
+ * when it cannot run or times out. */
+typedef dh_out run_out;
+#define run(r, ...) dh_expect_ran(r, dh_run(&g.d, r, g.d.topo, __VA_ARGS__))
 
 /* ---- an sp_h2 client in the test (the certificate checks) --------------- */
 
@@ -364,8 +107,8 @@ static void probe_done(sp_h2_client *cli, void *arg) {
 
 /* Runs the loop until *flag or ms pass. */
 static void probe_wait(h2_probe *p, const int *flag, long ms) {
-  long long end = now_ms() + ms;
-  while (!*flag && now_ms() < end) {
+  long long end = dh_now_ms() + ms;
+  while (!*flag && dh_now_ms() < end) {
     uv_timer_start(&p->timer, probe_timer, 50, 0);
     uv_run(&p->loop, UV_RUN_ONCE);
   }
@@ -381,7 +124,7 @@ static void probe_open(h2_probe *p, const char *ca, const char *cert, const char
   int rc = sp_tls_ctx_new_client(ca, cert, key, "h2", err, sizeof err, &p->tls);
   if (rc)
     fail_msg("client tls: %s", err);
-  assert_int_equal(sp_h2_client_new(&p->loop, p->tls, NULL, g_addrs[0], g.repl_port, "us-east",
+  assert_int_equal(sp_h2_client_new(&p->loop, p->tls, NULL, dh_addrs[0], g.d.repl_port, "us-east",
                                     probe_state, p, &p->cli),
                    0);
 }
@@ -391,8 +134,8 @@ static int probe_request(h2_probe *p, const char *method, const char *path, cons
   int before = p->responses;
   sp_h2_header h = {"content-type", "application/x-protobuf"};
   assert_int_equal(sp_h2_client_request(p->cli, method, path, &h, 1, b, n, probe_response, p), 0);
-  long long end = now_ms() + 5000;
-  while (p->responses == before && now_ms() < end) {
+  long long end = dh_now_ms() + 5000;
+  while (p->responses == before && dh_now_ms() < end) {
     uv_timer_start(&p->timer, probe_timer, 50, 0);
     uv_run(&p->loop, UV_RUN_ONCE);
   }
@@ -412,94 +155,22 @@ static void probe_close(h2_probe *p) {
 
 /* ---- setup ------------------------------------------------------------------ */
 
-static int write_topology(void) {
-  const char *src = getenv("SP_SRCDIR");
-  char path[PATH_MAX];
-  snprintf(path, sizeof path, "%s/config/topology.local.json", src && *src ? src : ".");
-  json_error_t e;
-  json_t *t = json_load_file(path, 0, &e);
-  if (t == NULL) {
-    fprintf(stderr, "cannot read %s: %s\n", path, e.text);
-    return -1;
-  }
-  char v[PATH_MAX + 64];
-  snprintf(v, sizeof v, "%s/var", g.dir);
-  json_object_set_new(t, "state_dir", json_string(v));
-  json_t *tls = json_object_get(t, "tls");
-  snprintf(v, sizeof v, "%s/var/tls/ca.pem", g.dir);
-  json_object_set_new(tls, "ca_cert", json_string(v));
-  snprintf(v, sizeof v, "%s/var/tls/ca.key", g.dir);
-  json_object_set_new(tls, "ca_key", json_string(v));
-  size_t i;
-  json_t *r;
-  json_array_foreach(json_object_get(t, "regions"), i, r) {
-    static const char *const svc[] = {"api", "sse", "notify", "replication", "postgres", "redis"};
-    for (size_t k = 0; k < sizeof svc / sizeof svc[0]; k++) {
-      json_t *o = json_object_get(r, svc[k]);
-      json_object_set_new(
-          o, "port", json_integer(json_integer_value(json_object_get(o, "port")) + PORT_SHIFT));
-    }
-    const char *name = json_string_value(json_object_get(r, "name"));
-    json_t *rt = json_object_get(r, "tls");
-    snprintf(v, sizeof v, "%s/var/tls/%s.pem", g.dir, name);
-    json_object_set_new(rt, "cert", json_string(v));
-    snprintf(v, sizeof v, "%s/var/tls/%s.key", g.dir, name);
-    json_object_set_new(rt, "key", json_string(v));
-    if (i == 0) {
-      g.api_port = (int)json_integer_value(json_object_get(json_object_get(r, "api"), "port"));
-      g.repl_port =
-          (int)json_integer_value(json_object_get(json_object_get(r, "replication"), "port"));
-      g.redis_port = (int)json_integer_value(json_object_get(json_object_get(r, "redis"), "port"));
-    }
-  }
-  int rc = json_dump_file(t, g.topo, JSON_INDENT(2));
-  json_decref(t);
-  chmod(g.topo, 0644);
-  return rc;
-}
-
 static int setup(void **state) {
   (void)state;
-  const char *base = getenv("SP_TEST_TMPDIR");
-  snprintf(g.dir, sizeof g.dir, "%s/sp-replicad.XXXXXX", base && *base ? base : "/tmp");
-  if (mkdtemp(g.dir) == NULL || chmod(g.dir, 0755) != 0) {
-    perror("mkdtemp");
+  if (dh_deploy_init(&g.d, "sp-replicad", PORT_SHIFT) != 0)
+    return -1;
+  if (access(g.d.statusctl, X_OK) != 0 || access(g.d.replicad, X_OK) != 0) {
+    fprintf(stderr, "%s or %s is not built (make)\n", g.d.statusctl, g.d.replicad);
     return -1;
   }
-  snprintf(g.topo, sizeof g.topo, "%s/topology.json", g.dir);
-  snprintf(g.state, sizeof g.state, "%s/var", g.dir);
-  /* build/tests/replication/test_replicad -> build/statusctl */
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n <= 0)
-    return -1;
-  exe[n] = '\0';
-  char *d = dirname(dirname(dirname(exe)));
-  snprintf(g.statusctl, sizeof g.statusctl, "%s/statusctl", d);
-  snprintf(g.replicad, sizeof g.replicad, "%s/statusd-replicad", d);
-  if (access(g.statusctl, X_OK) != 0 || access(g.replicad, X_OK) != 0) {
-    fprintf(stderr, "%s or %s is not built (make)\n", g.statusctl, g.replicad);
-    return -1;
-  }
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
-    return -1;
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-  return write_topology();
+  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
 }
 
 static int teardown(void **state) {
   (void)state;
-  run_out *r = malloc(sizeof *r);
-  if (r) {
-    run(r, "down", "--purge", "--force", (const char *)NULL);
-    free(r);
-  }
-  kill_leftovers();
-  char cmd[PATH_MAX + 16];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g.dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", g.dir);
-  curl_global_cleanup();
+  dh_deploy_down(&g.d);
+  dh_kill_leftovers(&g.d);
+  dh_deploy_release(&g.d);
   return 0;
 }
 
@@ -509,7 +180,7 @@ static int teardown(void **state) {
  * stdout+stderr in out. */
 static int replicad(const char *args, char *out, size_t len) {
   char cmd[PATH_MAX * 2];
-  snprintf(cmd, sizeof cmd, "timeout 20 '%s' %s 2>&1", g.replicad, args);
+  snprintf(cmd, sizeof cmd, "timeout 20 '%s' %s 2>&1", g.d.replicad, args);
   FILE *f = popen(cmd, "r");
   assert_non_null(f);
   size_t n = fread(out, 1, len - 1, f);
@@ -525,14 +196,14 @@ static void test_bad_arguments(void **state) {
   assert_int_equal(replicad("", out, sizeof out), 2);
   assert_non_null(strstr(out, "usage: statusd-replicad --topology FILE --region NAME"));
   assert_int_equal(replicad("--bogus", out, sizeof out), 2);
-  snprintf(args, sizeof args, "--topology '%s' --region mars", g.topo);
+  snprintf(args, sizeof args, "--topology '%s' --region mars", g.d.topo);
   assert_int_equal(replicad(args, out, sizeof out), 2);
   assert_non_null(strstr(out, "no region called mars"));
-  snprintf(args, sizeof args, "--topology '%s/nope.json' --region us-east", g.dir);
+  snprintf(args, sizeof args, "--topology '%s/nope.json' --region us-east", g.d.dir);
   assert_int_equal(replicad(args, out, sizeof out), 2);
   assert_non_null(strstr(out, "nope.json"));
   char bad[PATH_MAX + 32];
-  snprintf(bad, sizeof bad, "%s/bad.json", g.dir);
+  snprintf(bad, sizeof bad, "%s/bad.json", g.d.dir);
   FILE *f = fopen(bad, "w");
   assert_non_null(f);
   fputs("{\"version\": 1, \"cluster\": ", f);
@@ -546,18 +217,18 @@ static void test_up(void **state) {
   (void)state;
   run_out *r = malloc(sizeof *r);
   run(r, "up", (const char *)NULL);
-  expect(r, 0, "up");
+  dh_expect(r, 0, "up");
   for (int i = 0; i < NREGIONS; i++)
-    assert_true(alive(pidfile(g_regions[i], "statusd-replicad")));
+    assert_true(dh_alive(dh_pidfile(&g.d, dh_regions[i], "statusd-replicad")));
   run(r, "endpoints", "--json", (const char *)NULL);
-  expect(r, 0, "endpoints");
+  dh_expect(r, 0, "endpoints");
   json_t *e = json_loads(r->out, 0, NULL);
   assert_non_null(e);
-  snprintf(g.key, sizeof g.key, "%s", json_string_value(json_object_get(e, "admin_key")));
-  snprintf(g.page, sizeof g.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
+  snprintf(g.d.key, sizeof g.d.key, "%s", json_string_value(json_object_get(e, "admin_key")));
+  snprintf(g.d.page, sizeof g.d.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
   json_decref(e);
   g.up = 1;
-  wait_converged("after up");
+  dh_wait_converged(&g.d, "after up", CONVERGE_MS);
   free(r);
 }
 
@@ -566,21 +237,21 @@ static void test_writes_converge(void **state) {
   assert_true(g.up);
   char path[256], id_a[64], id_b[64];
   /* a component made in us-east shows through the public API elsewhere */
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.page);
-  json_t *a = write_ok(0, "POST", path,
+  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
+  json_t *a = dh_write_ok(&g.d, 0, "POST", path,
                        "{\"component\":{\"name\":\"replicated\",\"status\":\"operational\"}}");
   snprintf(id_a, sizeof id_a, "%s", json_string_value(json_object_get(a, "id")));
   json_decref(a);
-  wait_public(1, id_a, "operational", 5000);
-  wait_public(2, id_a, "operational", 5000);
+  dh_wait_public(&g.d, 1, id_a, "operational", 5000);
+  dh_wait_public(&g.d, 2, id_a, "operational", 5000);
 
   /* one made in ap-south, for the delete-versus-update race */
-  json_t *b =
-      write_ok(2, "POST", path, "{\"component\":{\"name\":\"doomed\",\"status\":\"operational\"}}");
+  json_t *b = dh_write_ok(&g.d, 2, "POST", path,
+                          "{\"component\":{\"name\":\"doomed\",\"status\":\"operational\"}}");
   snprintf(id_b, sizeof id_b, "%s", json_string_value(json_object_get(b, "id")));
   json_decref(b);
-  wait_public(0, id_b, "operational", 5000);
-  wait_public(1, id_b, "operational", 5000);
+  dh_wait_public(&g.d, 0, id_b, "operational", 5000);
+  dh_wait_public(&g.d, 1, id_b, "operational", 5000);
 
   /* conflicting writes to one component's fields from all three regions,
    * and a delete in us-east racing an update in eu-west */
@@ -588,29 +259,29 @@ static void test_writes_converge(void **state) {
                                            "partial_outage"};
   for (int i = 0; i < NREGIONS; i++) {
     char json[256];
-    snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g.page, id_a);
+    snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g.d.page, id_a);
     snprintf(json, sizeof json, "{\"component\":{\"status\":\"%s\",\"description\":\"from %s\"}}",
-             st[i], g_regions[i]);
-    json_decref(write_ok(i, "PATCH", path, json));
+             st[i], dh_regions[i]);
+    json_decref(dh_write_ok(&g.d, i, "PATCH", path, json));
   }
-  snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g.page, id_b);
-  json_decref(write_ok(0, "DELETE", path, NULL));
+  snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g.d.page, id_b);
+  json_decref(dh_write_ok(&g.d, 0, "DELETE", path, NULL));
   char *ignored;
-  long code =
-      http(1, "PATCH", path, "{\"component\":{\"status\":\"under_maintenance\"}}", &ignored);
+  long code = dh_http_region(&g.d, 1, "PATCH", path,
+                             "{\"component\":{\"status\":\"under_maintenance\"}}", &ignored);
   free(ignored);
   assert_true(code == 200 || code == 404); /* 404 if the delete got there first */
   /* a bounded burst from every region: many rows per batch */
   for (int k = 0; k < 60; k++) {
     char json[256];
-    snprintf(path, sizeof path, "/v1/pages/%s/components", g.page);
+    snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
     snprintf(json, sizeof json, "{\"component\":{\"name\":\"burst %d\"}}", k);
-    json_decref(write_ok(k % NREGIONS, "POST", path, json));
+    json_decref(dh_write_ok(&g.d, k % NREGIONS, "POST", path, json));
   }
 
-  wait_converged("after conflicting writes");
+  dh_wait_converged(&g.d, "after conflicting writes", CONVERGE_MS);
   /* every region now answers the same for both components */
-  char *first_a = public_status(0, id_a), *first_b = public_status(0, id_b);
+  char *first_a = dh_public_status(&g.d, 0, id_a), *first_b = dh_public_status(&g.d, 0, id_b);
   assert_non_null(first_a);
   assert_non_null(first_b);
   assert_string_not_equal(first_a, ""); /* nobody deleted it */
@@ -619,7 +290,7 @@ static void test_writes_converge(void **state) {
     known |= strcmp(first_a, st[i]) == 0;
   assert_true(known);
   for (int i = 1; i < NREGIONS; i++) {
-    char *sa = public_status(i, id_a), *sb = public_status(i, id_b);
+    char *sa = dh_public_status(&g.d, i, id_a), *sb = dh_public_status(&g.d, i, id_b);
     assert_non_null(sa);
     assert_non_null(sb);
     assert_string_equal(sa, first_a);
@@ -638,7 +309,7 @@ static void test_applied_changes_published(void **state) {
   (void)state;
   assert_true(g.up);
   struct timeval tv = {5, 0};
-  redisContext *rc = redisConnectWithTimeout(g_addrs[1], g.redis_port, tv);
+  redisContext *rc = redisConnectWithTimeout(dh_addrs[1], g.d.redis_port, tv);
   assert_non_null(rc);
   assert_int_equal(rc->err, 0);
   redisSetTimeout(rc, tv);
@@ -646,13 +317,13 @@ static void test_applied_changes_published(void **state) {
   assert_non_null(rep);
   freeReplyObject(rep);
   char path[256];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.page);
-  json_t *a = write_ok(0, "POST", path,
+  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
+  json_t *a = dh_write_ok(&g.d, 0, "POST", path,
                        "{\"component\":{\"name\":\"published\",\"status\":\"operational\"}}");
   const char *id = json_string_value(json_object_get(a, "id"));
   int seen = 0;
-  long long end = now_ms() + 5000;
-  while (!seen && now_ms() < end) {
+  long long end = dh_now_ms() + 5000;
+  while (!seen && dh_now_ms() < end) {
     void *r = NULL;
     if (redisGetReply(rc, &r) != REDIS_OK)
       break;
@@ -679,7 +350,7 @@ static void test_metrics_and_lag(void **state) {
   (void)state;
   assert_true(g.up);
   char dir[PATH_MAX + 64], cert[PATH_MAX + 96], key[PATH_MAX + 96], ca[PATH_MAX + 96];
-  snprintf(dir, sizeof dir, "%s/var/tls", g.dir);
+  snprintf(dir, sizeof dir, "%s/var/tls", g.d.dir);
   snprintf(ca, sizeof ca, "%s/ca.pem", dir);
   snprintf(cert, sizeof cert, "%s/eu-west.pem", dir);
   snprintf(key, sizeof key, "%s/eu-west.key", dir);
@@ -700,7 +371,7 @@ static void test_metrics_and_lag(void **state) {
 
   run_out *r = malloc(sizeof *r);
   run(r, "status", "--json", (const char *)NULL);
-  expect(r, 0, "status");
+  dh_expect(r, 0, "status");
   json_t *s = json_loads(r->out, 0, NULL);
   assert_non_null(s);
   json_t *regions = json_is_array(s) ? s : json_object_get(s, "regions");
@@ -719,19 +390,19 @@ static void test_foreign_certificates_refused(void **state) {
   char ca[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64], err[512];
   char cca[PATH_MAX + 64], ccakey[PATH_MAX + 64];
   /* a CA nobody in the cluster trusts, and an "eu-west" signed by it */
-  snprintf(ca, sizeof ca, "%s/other-ca.pem", g.dir);
-  snprintf(key, sizeof key, "%s/other-ca.key", g.dir);
+  snprintf(ca, sizeof ca, "%s/other-ca.pem", g.d.dir);
+  snprintf(key, sizeof key, "%s/other-ca.key", g.d.dir);
   sp_tls_cert_spec spec = {"other-ca", 0, 1, -60, 3600, NULL, NULL};
   if (sp_tls_issue(&spec, ca, key, err, sizeof err))
     fail_msg("issue: %s", err);
   char lcert[PATH_MAX + 64], lkey[PATH_MAX + 64];
-  snprintf(lcert, sizeof lcert, "%s/fake-eu-west.pem", g.dir);
-  snprintf(lkey, sizeof lkey, "%s/fake-eu-west.key", g.dir);
+  snprintf(lcert, sizeof lcert, "%s/fake-eu-west.pem", g.d.dir);
+  snprintf(lkey, sizeof lkey, "%s/fake-eu-west.key", g.d.dir);
   sp_tls_cert_spec leaf = {"eu-west", 1, 0, -60, 3600, ca, key};
   if (sp_tls_issue(&leaf, lcert, lkey, err, sizeof err))
     fail_msg("issue: %s", err);
   /* trusting the real CA (so the failure is ours being refused) */
-  snprintf(cca, sizeof cca, "%s/var/tls/ca.pem", g.dir);
+  snprintf(cca, sizeof cca, "%s/var/tls/ca.pem", g.d.dir);
   h2_probe *p = malloc(sizeof *p);
   probe_open(p, cca, lcert, lkey);
   int rc = probe_request(p, "GET", "/metrics", NULL, 0);
@@ -744,9 +415,9 @@ static void test_foreign_certificates_refused(void **state) {
 
   /* a cluster certificate for a region that is not a peer: TLS is fine,
    * replication is refused */
-  snprintf(ccakey, sizeof ccakey, "%s/var/tls/ca.key", g.dir);
-  snprintf(cert, sizeof cert, "%s/mallory.pem", g.dir);
-  snprintf(key, sizeof key, "%s/mallory.key", g.dir);
+  snprintf(ccakey, sizeof ccakey, "%s/var/tls/ca.key", g.d.dir);
+  snprintf(cert, sizeof cert, "%s/mallory.pem", g.d.dir);
+  snprintf(key, sizeof key, "%s/mallory.key", g.d.dir);
   sp_tls_cert_spec m = {"mallory", 1, 0, -60, 3600, cca, ccakey};
   if (sp_tls_issue(&m, cert, key, err, sizeof err))
     fail_msg("issue: %s", err);
@@ -761,9 +432,9 @@ static void test_malformed_body(void **state) {
   (void)state;
   assert_true(g.up);
   char ca[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64];
-  snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.dir);
-  snprintf(cert, sizeof cert, "%s/var/tls/ap-south.pem", g.dir);
-  snprintf(key, sizeof key, "%s/var/tls/ap-south.key", g.dir);
+  snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
+  snprintf(cert, sizeof cert, "%s/var/tls/ap-south.pem", g.d.dir);
+  snprintf(key, sizeof key, "%s/var/tls/ap-south.key", g.d.dir);
   h2_probe *p = malloc(sizeof *p);
   probe_open(p, ca, cert, key);
   static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x34, 0x00, 0x99};
@@ -780,49 +451,49 @@ static void test_malformed_body(void **state) {
   free(p);
   /* and replication carries on: a write in us-east still reaches ap-south */
   char path[256];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.page);
-  json_t *a = write_ok(0, "POST", path,
+  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
+  json_t *a = dh_write_ok(&g.d, 0, "POST", path,
                        "{\"component\":{\"name\":\"after junk\",\"status\":\"major_outage\"}}");
   char id[64];
   snprintf(id, sizeof id, "%s", json_string_value(json_object_get(a, "id")));
   json_decref(a);
-  wait_public(2, id, "major_outage", 5000);
+  dh_wait_public(&g.d, 2, id, "major_outage", 5000);
 }
 
 static void test_sigterm_and_catch_up(void **state) {
   (void)state;
   assert_true(g.up);
-  pid_t pid = pidfile("us-east", "statusd-replicad");
-  assert_true(alive(pid));
+  pid_t pid = dh_pidfile(&g.d, "us-east", "statusd-replicad");
+  assert_true(dh_alive(pid));
   assert_int_equal(kill(pid, SIGTERM), 0);
   int st = 0;
-  long long end = now_ms() + 15000;
+  long long end = dh_now_ms() + 15000;
   pid_t w = 0;
-  while ((w = waitpid(pid, &st, WNOHANG)) == 0 && now_ms() < end)
-    sleep_ms(20);
+  while ((w = waitpid(pid, &st, WNOHANG)) == 0 && dh_now_ms() < end)
+    dh_sleep_ms(20);
   assert_int_equal(w, pid);
   assert_true(WIFEXITED(st));
   assert_int_equal(WEXITSTATUS(st), 0);
   /* a dead peer blocks no one: eu-west -> ap-south still flows */
   char path[256], id[64];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.page);
-  json_t *a = write_ok(1, "POST", path,
+  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
+  json_t *a = dh_write_ok(&g.d, 1, "POST", path,
                        "{\"component\":{\"name\":\"while down\",\"status\":\"partial_outage\"}}");
   snprintf(id, sizeof id, "%s", json_string_value(json_object_get(a, "id")));
   json_decref(a);
-  wait_public(2, id, "partial_outage", 5000);
-  sleep_ms(300);
-  char *s = public_status(0, id); /* us-east's own replicad is down */
+  dh_wait_public(&g.d, 2, id, "partial_outage", 5000);
+  dh_sleep_ms(300);
+  char *s = dh_public_status(&g.d, 0, id); /* us-east's own replicad is down */
   assert_non_null(s);
   assert_string_equal(s, "");
   free(s);
   /* restarted, it catches up */
   run_out *r = malloc(sizeof *r);
   run(r, "up", (const char *)NULL);
-  expect(r, 0, "up again");
+  dh_expect(r, 0, "up again");
   free(r);
-  wait_public(0, id, "partial_outage", 8000);
-  wait_converged("after restart");
+  dh_wait_public(&g.d, 0, id, "partial_outage", 8000);
+  dh_wait_converged(&g.d, "after restart", CONVERGE_MS);
 }
 
 /* Every replicad log (after a graceful stop: LeakSanitizer reports at exit)
@@ -832,11 +503,11 @@ static void test_stop_logs_clean(void **state) {
   assert_true(g.up);
   run_out *r = malloc(sizeof *r);
   run(r, "down", (const char *)NULL);
-  expect(r, 0, "down");
+  dh_expect(r, 0, "down");
   free(r);
   for (int i = 0; i < NREGIONS; i++) {
     char path[PATH_MAX + 128];
-    snprintf(path, sizeof path, "%s/%s/log/statusd-replicad.log", g.state, g_regions[i]);
+    snprintf(path, sizeof path, "%s/%s/log/statusd-replicad.log", g.d.state, dh_regions[i]);
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char line[8192];

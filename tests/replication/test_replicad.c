@@ -66,92 +66,7 @@ static struct {
 typedef dh_out run_out;
 #define run(r, ...) dh_expect_ran(r, dh_run(&g.d, r, g.d.topo, __VA_ARGS__))
 
-/* ---- an sp_h2 client in the test (the certificate checks) --------------- */
 
-typedef struct h2_probe {
-  uv_loop_t loop;
-  uv_timer_t timer;
-  sp_tls_ctx *tls;
-  sp_h2_client *cli;
-  int state_err, connected, disconnected, responses, status, err, closed;
-  char body[65536];
-} h2_probe;
-
-static void probe_state(sp_h2_client *cli, sp_h2_state st, int err, const char *reason, void *arg) {
-  (void)cli;
-  (void)reason;
-  h2_probe *p = arg;
-  if (st == SP_H2_CONNECTED)
-    p->connected = 1;
-  else {
-    p->disconnected = 1;
-    p->state_err = err;
-  }
-}
-
-static void probe_response(sp_h2_client *cli, int err, const sp_h2_response *res, void *arg) {
-  (void)cli;
-  h2_probe *p = arg;
-  p->responses++;
-  p->err = err;
-  p->status = res ? res->status : 0;
-  snprintf(p->body, sizeof p->body, "%s", res ? res->body.base : "");
-}
-
-static void probe_timer(uv_timer_t *t) { (void)t; }
-
-static void probe_done(sp_h2_client *cli, void *arg) {
-  (void)cli;
-  ((h2_probe *)arg)->closed = 1;
-}
-
-/* Runs the loop until *flag or ms pass. */
-static void probe_wait(h2_probe *p, const int *flag, long ms) {
-  long long end = dh_now_ms() + ms;
-  while (!*flag && dh_now_ms() < end) {
-    uv_timer_start(&p->timer, probe_timer, 50, 0);
-    uv_run(&p->loop, UV_RUN_ONCE);
-  }
-}
-
-/* Connects to region 0's replication port as `name` with cert/key signed by
- * ca (PEM files). */
-static void probe_open(h2_probe *p, const char *ca, const char *cert, const char *key) {
-  memset(p, 0, sizeof *p);
-  assert_int_equal(uv_loop_init(&p->loop), 0);
-  assert_int_equal(uv_timer_init(&p->loop, &p->timer), 0);
-  char err[512];
-  int rc = sp_tls_ctx_new_client(ca, cert, key, "h2", err, sizeof err, &p->tls);
-  if (rc)
-    fail_msg("client tls: %s", err);
-  assert_int_equal(sp_h2_client_new(&p->loop, p->tls, NULL, dh_addrs[0], g.d.repl_port, "us-east",
-                                    probe_state, p, &p->cli),
-                   0);
-}
-
-static int probe_request(h2_probe *p, const char *method, const char *path, const void *b,
-                         size_t n) {
-  int before = p->responses;
-  sp_h2_header h = {"content-type", "application/x-protobuf"};
-  assert_int_equal(sp_h2_client_request(p->cli, method, path, &h, 1, b, n, probe_response, p), 0);
-  long long end = dh_now_ms() + 5000;
-  while (p->responses == before && dh_now_ms() < end) {
-    uv_timer_start(&p->timer, probe_timer, 50, 0);
-    uv_run(&p->loop, UV_RUN_ONCE);
-  }
-  assert_int_equal(p->responses, before + 1);
-  return p->err ? p->err : p->status;
-}
-
-static void probe_close(h2_probe *p) {
-  sp_h2_client_close(p->cli, probe_done, p);
-  probe_wait(p, &p->closed, 15000);
-  assert_true(p->closed);
-  uv_close((uv_handle_t *)&p->timer, NULL);
-  uv_run(&p->loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&p->loop), 0);
-  sp_tls_ctx_free(p->tls);
-}
 
 /* ---- setup ------------------------------------------------------------------ */
 
@@ -354,9 +269,9 @@ static void test_metrics_and_lag(void **state) {
   snprintf(ca, sizeof ca, "%s/ca.pem", dir);
   snprintf(cert, sizeof cert, "%s/eu-west.pem", dir);
   snprintf(key, sizeof key, "%s/eu-west.key", dir);
-  h2_probe *p = malloc(sizeof *p);
-  probe_open(p, ca, cert, key);
-  assert_int_equal(probe_request(p, "GET", "/metrics", NULL, 0), 200);
+  dh_probe *p = malloc(sizeof *p);
+  dh_probe_open(p, &g.d, 0, ca, cert, key);
+  assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 200);
   assert_non_null(strstr(p->body, "sp_repl_lag_ms{peer=\"eu-west\"}"));
   assert_non_null(strstr(p->body, "sp_repl_lag_ms{peer=\"ap-south\"}"));
   assert_null(strstr(p->body, "peer=\"us-east\"")); /* not its own peer */
@@ -364,9 +279,9 @@ static void test_metrics_and_lag(void **state) {
   const char *sent = strstr(p->body, "sp_repl_changes_sent_total{peer=\"eu-west\"} ");
   assert_non_null(sent);
   assert_true(atol(sent + strlen("sp_repl_changes_sent_total{peer=\"eu-west\"} ")) > 0);
-  assert_int_equal(probe_request(p, "GET", "/ready", NULL, 0), 200);
-  assert_int_equal(probe_request(p, "GET", "/health", NULL, 0), 200);
-  probe_close(p);
+  assert_int_equal(dh_probe_request(p, "GET", "/ready", NULL, 0), 200);
+  assert_int_equal(dh_probe_request(p, "GET", "/health", NULL, 0), 200);
+  dh_probe_close(p);
   free(p);
 
   run_out *r = malloc(sizeof *r);
@@ -403,15 +318,15 @@ static void test_foreign_certificates_refused(void **state) {
     fail_msg("issue: %s", err);
   /* trusting the real CA (so the failure is ours being refused) */
   snprintf(cca, sizeof cca, "%s/var/tls/ca.pem", g.d.dir);
-  h2_probe *p = malloc(sizeof *p);
-  probe_open(p, cca, lcert, lkey);
-  int rc = probe_request(p, "GET", "/metrics", NULL, 0);
+  dh_probe *p = malloc(sizeof *p);
+  dh_probe_open(p, &g.d, 0, cca, lcert, lkey);
+  int rc = dh_probe_request(p, "GET", "/metrics", NULL, 0);
   assert_int_not_equal(rc, 200);
   assert_true(rc < 0);
-  probe_wait(p, &p->disconnected, 5000);
+  dh_probe_wait(p, &p->disconnected, 5000);
   assert_true(p->disconnected);
   assert_false(p->connected && p->state_err == 0);
-  probe_close(p);
+  dh_probe_close(p);
 
   /* a cluster certificate for a region that is not a peer: TLS is fine,
    * replication is refused */
@@ -421,10 +336,10 @@ static void test_foreign_certificates_refused(void **state) {
   sp_tls_cert_spec m = {"mallory", 1, 0, -60, 3600, cca, ccakey};
   if (sp_tls_issue(&m, cert, key, err, sizeof err))
     fail_msg("issue: %s", err);
-  probe_open(p, cca, cert, key);
-  assert_int_equal(probe_request(p, "POST", "/repl/v1/handshake", "x", 1), 403);
-  assert_int_equal(probe_request(p, "GET", "/metrics", NULL, 0), 403);
-  probe_close(p);
+  dh_probe_open(p, &g.d, 0, cca, cert, key);
+  assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/handshake", "x", 1), 403);
+  assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 403);
+  dh_probe_close(p);
   free(p);
 }
 
@@ -435,19 +350,19 @@ static void test_malformed_body(void **state) {
   snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
   snprintf(cert, sizeof cert, "%s/var/tls/ap-south.pem", g.d.dir);
   snprintf(key, sizeof key, "%s/var/tls/ap-south.key", g.d.dir);
-  h2_probe *p = malloc(sizeof *p);
-  probe_open(p, ca, cert, key);
+  dh_probe *p = malloc(sizeof *p);
+  dh_probe_open(p, &g.d, 0, ca, cert, key);
   static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x34, 0x00, 0x99};
-  assert_int_equal(probe_request(p, "POST", "/repl/v1/batch", junk, sizeof junk), 400);
-  assert_int_equal(probe_request(p, "POST", "/repl/v1/handshake", junk, sizeof junk), 400);
-  assert_int_equal(probe_request(p, "POST", "/repl/v1/batch", "", 0), 400);
-  assert_int_equal(probe_request(p, "POST", "/repl/v1/nothing", junk, sizeof junk), 404);
+  assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/batch", junk, sizeof junk), 400);
+  assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/handshake", junk, sizeof junk), 400);
+  assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/batch", "", 0), 400);
+  assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/nothing", junk, sizeof junk), 404);
   /* the same connection still works */
-  assert_int_equal(probe_request(p, "GET", "/metrics", NULL, 0), 200);
+  assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 200);
   const char *bad = strstr(p->body, "\nsp_repl_bad_requests_total ");
   assert_non_null(bad);
   assert_true(atol(bad + strlen("\nsp_repl_bad_requests_total ")) >= 3);
-  probe_close(p);
+  dh_probe_close(p);
   free(p);
   /* and replication carries on: a write in us-east still reaches ap-south */
   char path[256];

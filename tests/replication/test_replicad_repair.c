@@ -89,94 +89,7 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* ---- an sp_h2 client in the test (reading /metrics) ----------------------- */
 
-typedef struct h2_probe {
-  uv_loop_t loop;
-  uv_timer_t timer;
-  sp_tls_ctx *tls;
-  sp_h2_client *cli;
-  int state_err, connected, disconnected, responses, status, err, closed;
-  char body[65536];
-} h2_probe;
-
-static void probe_state(sp_h2_client *cli, sp_h2_state st, int err, const char *reason, void *arg) {
-  (void)cli;
-  (void)reason;
-  h2_probe *p = arg;
-  if (st == SP_H2_CONNECTED)
-    p->connected = 1;
-  else {
-    p->disconnected = 1;
-    p->state_err = err;
-  }
-}
-
-static void probe_response(sp_h2_client *cli, int err, const sp_h2_response *res, void *arg) {
-  (void)cli;
-  h2_probe *p = arg;
-  p->responses++;
-  p->err = err;
-  p->status = res ? res->status : 0;
-  snprintf(p->body, sizeof p->body, "%s", res ? res->body.base : "");
-}
-
-static void probe_timer(uv_timer_t *t) { (void)t; }
-
-static void probe_done(sp_h2_client *cli, void *arg) {
-  (void)cli;
-  ((h2_probe *)arg)->closed = 1;
-}
-
-/* Runs the loop until *flag or ms pass. */
-static void probe_wait(h2_probe *p, const int *flag, long ms) {
-  long long end = dh_now_ms() + ms;
-  while (!*flag && dh_now_ms() < end) {
-    uv_timer_start(&p->timer, probe_timer, 50, 0);
-    uv_run(&p->loop, UV_RUN_ONCE);
-  }
-}
-
-/* Connects to region `region`'s replication port with cert/key signed by ca
- * (PEM files). */
-static void probe_open(h2_probe *p, int region, const char *ca, const char *cert,
-                       const char *key) {
-  memset(p, 0, sizeof *p);
-  assert_int_equal(uv_loop_init(&p->loop), 0);
-  assert_int_equal(uv_timer_init(&p->loop, &p->timer), 0);
-  char err[512];
-  int rc = sp_tls_ctx_new_client(ca, cert, key, "h2", err, sizeof err, &p->tls);
-  if (rc)
-    fail_msg("client tls: %s", err);
-  assert_int_equal(sp_h2_client_new(&p->loop, p->tls, NULL, dh_addrs[region], g.d.repl_port,
-                                    dh_regions[region],
-                                    probe_state, p, &p->cli),
-                   0);
-}
-
-static int probe_request(h2_probe *p, const char *method, const char *path, const void *b,
-                         size_t n) {
-  int before = p->responses;
-  sp_h2_header h = {"content-type", "application/x-protobuf"};
-  assert_int_equal(sp_h2_client_request(p->cli, method, path, &h, 1, b, n, probe_response, p), 0);
-  long long end = dh_now_ms() + 5000;
-  while (p->responses == before && dh_now_ms() < end) {
-    uv_timer_start(&p->timer, probe_timer, 50, 0);
-    uv_run(&p->loop, UV_RUN_ONCE);
-  }
-  assert_int_equal(p->responses, before + 1);
-  return p->err ? p->err : p->status;
-}
-
-static void probe_close(h2_probe *p) {
-  sp_h2_client_close(p->cli, probe_done, p);
-  probe_wait(p, &p->closed, 15000);
-  assert_true(p->closed);
-  uv_close((uv_handle_t *)&p->timer, NULL);
-  uv_run(&p->loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&p->loop), 0);
-  sp_tls_ctx_free(p->tls);
-}
 
 /* The value of metric line `name` (e.g. `sp_repl_x_total{peer="y"}`) in
  * region's /metrics, read with the region's own certificate; -1 if absent. */
@@ -185,15 +98,15 @@ static long long metric(int region, const char *name) {
   snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
   snprintf(cert, sizeof cert, "%s/var/tls/%s.pem", g.d.dir, dh_regions[region]);
   snprintf(key, sizeof key, "%s/var/tls/%s.key", g.d.dir, dh_regions[region]);
-  h2_probe *p = malloc(sizeof *p);
+  dh_probe *p = malloc(sizeof *p);
   assert_non_null(p);
-  probe_open(p, region, ca, cert, key);
-  assert_int_equal(probe_request(p, "GET", "/metrics", NULL, 0), 200);
+  dh_probe_open(p, &g.d, region, ca, cert, key);
+  assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 200);
   char pat[256];
   snprintf(pat, sizeof pat, "\n%s ", name);
   const char *at = strstr(p->body, pat);
   long long v = at ? atoll(at + strlen(pat)) : -1;
-  probe_close(p);
+  dh_probe_close(p);
   free(p);
   return v;
 }

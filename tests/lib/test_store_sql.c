@@ -4,6 +4,10 @@
  * NULLs, lives going up and stale lives, duplicates).  After each round the
  * rows in PostgreSQL, loaded into a fresh crdt_doc, must have the same
  * digest as the document that merged the same changes in memory.
+ * sp_apply_remote (set-based since lib/sql/0006: one winner per register
+ * per batch) must reach the same state as crdt_doc_merge of every change,
+ * for random batches that split, repeat and reorder the changes of three
+ * origins.
  * Also: sp_write's intents (create / set / delete / recreate / require),
  * its errors, the dense per-region sequence and the change log. */
 #include <setjmp.h>
@@ -126,12 +130,46 @@ static crdt_doc *load_doc(PGconn *db) {
   return d;
 }
 
+/* Fails unless the rows in PostgreSQL, loaded into a fresh document, have
+ * the digest of `mem`. */
+static void expect_db_equals(PGconn *db, crdt_doc *mem, int round) {
+  crdt_doc *fromdb = load_doc(db);
+  uint8_t d1[CRDT_DIGEST_LEN], d2[CRDT_DIGEST_LEN];
+  assert_int_equal(crdt_doc_digest(mem, d1), 0);
+  assert_int_equal(crdt_doc_digest(fromdb, d2), 0);
+  crdt_doc_free(fromdb);
+  if (memcmp(d1, d2, sizeof d1) != 0)
+    fail_msg("round %d: PostgreSQL state differs from crdt state", round);
+}
+
+/* A random register change on a tiny key space (two pages, three
+ * entities, three fields, six values, many stamp ties, NULLs, lives 1-4);
+ * the caller sets stamp.region, origin and seq. */
+static void random_change(uint64_t *seed, crdt_change *c) {
+  static const char *pages[] = {"pa", "pb"}, *ids[] = {"e1", "e2", "e3"};
+  static const char *fields[] = {"name", "status", "body"};
+  static const char *values[] = {"a", "b", "ab", "", "B", "\xc3\xa9"};
+  memset(c, 0, sizeof *c);
+  c->kind = rnd(seed) % 3 == 0 ? CRDT_EXIST : CRDT_FIELD;
+  c->page = pages[rnd(seed) % 2];
+  c->type = "component";
+  c->id = ids[rnd(seed) % 3];
+  c->cl = 1 + (uint32_t)(rnd(seed) % 4);
+  c->stamp.hlc = CRDT_HLC_MAKE(1000 + rnd(seed) % 4, rnd(seed) % 2); /* many ties */
+  if (c->kind == CRDT_FIELD) {
+    c->field = fields[rnd(seed) % 3];
+    c->value_null = rnd(seed) % 6 == 0;
+    if (!c->value_null) {
+      const char *v = values[rnd(seed) % 6];
+      c->value = (const uint8_t *)v;
+      c->value_len = strlen(v);
+    }
+  }
+}
+
 static void test_sql_merge_matches_crdt(void **state) {
   (void)state;
   PGconn *db = db_connect();
-  static const char *pages[] = {"pa", "pb"}, *ids[] = {"e1", "e2", "e3"};
-  static const char *fields[] = {"name", "status", "body"};
-  static const char *values[] = {"a", "b", "ab", "", "B", "é"};
   uint64_t seed = 42;
   for (int round = 0; round < 40; round++) {
     exec_ok(db, "TRUNCATE sp_entity, sp_field");
@@ -141,25 +179,10 @@ static void test_sql_merge_matches_crdt(void **state) {
     int n = 20 + (int)(rnd(&seed) % 100);
     for (int i = 0; i < n; i++) {
       crdt_change *c = &cs[i];
-      memset(c, 0, sizeof *c);
-      c->kind = rnd(&seed) % 3 == 0 ? CRDT_EXIST : CRDT_FIELD;
-      c->page = pages[rnd(&seed) % 2];
-      c->type = "component";
-      c->id = ids[rnd(&seed) % 3];
-      c->cl = 1 + (uint32_t)(rnd(&seed) % 4);
-      c->stamp.hlc = CRDT_HLC_MAKE(1000 + rnd(&seed) % 4, rnd(&seed) % 2); /* many ties */
+      random_change(&seed, c);
       c->stamp.region = (crdt_region)(rnd(&seed) % 3);
       c->origin = c->stamp.region;
       c->seq = 1 + rnd(&seed) % 5;
-      if (c->kind == CRDT_FIELD) {
-        c->field = fields[rnd(&seed) % 3];
-        c->value_null = rnd(&seed) % 6 == 0;
-        if (!c->value_null) {
-          const char *v = values[rnd(&seed) % 6];
-          c->value = (const uint8_t *)v;
-          c->value_len = strlen(v);
-        }
-      }
     }
     /* each change once, then everything again in another order (duplicates) */
     for (int pass = 0; pass < 2; pass++) {
@@ -172,14 +195,8 @@ static void test_sql_merge_matches_crdt(void **state) {
           fail_msg("round %d change %d: crdt says %d, SQL says %d", round, i, a, b);
       }
     }
-    crdt_doc *fromdb = load_doc(db);
-    uint8_t d1[CRDT_DIGEST_LEN], d2[CRDT_DIGEST_LEN];
-    assert_int_equal(crdt_doc_digest(mem, d1), 0);
-    assert_int_equal(crdt_doc_digest(fromdb, d2), 0);
-    if (memcmp(d1, d2, sizeof d1) != 0)
-      fail_msg("round %d: PostgreSQL state differs from crdt state", round);
+    expect_db_equals(db, mem, round);
     crdt_doc_free(mem);
-    crdt_doc_free(fromdb);
   }
   PQfinish(db);
 }
@@ -247,10 +264,97 @@ static void test_sp_write_intents(void **state) {
   PQfinish(db);
 }
 
+/* Appends change c to a JSON array being built in buf (sp_apply_remote's
+ * shape; the test's values need no escaping). */
+static void json_change(char *buf, size_t cap, const crdt_change *c) {
+  size_t n = strlen(buf);
+  n += (size_t)snprintf(buf + n, cap - n, "%s{\"k\":%d,\"p\":\"%s\",\"t\":\"%s\",\"i\":\"%s\"",
+                        buf[1] ? "," : "", c->kind == CRDT_FIELD ? 1 : 2, c->page, c->type, c->id);
+  if (c->kind == CRDT_FIELD) {
+    if (c->value_null)
+      n += (size_t)snprintf(buf + n, cap - n, ",\"f\":\"%s\",\"v\":null", c->field);
+    else
+      n += (size_t)snprintf(buf + n, cap - n, ",\"f\":\"%s\",\"v\":\"%.*s\"", c->field,
+                            (int)c->value_len, (const char *)c->value);
+  }
+  snprintf(buf + n, cap - n, ",\"cl\":%u,\"hlc\":%llu,\"region\":%u,\"origin\":%u,\"seq\":%llu}",
+           c->cl, (unsigned long long)c->stamp.hlc, c->stamp.region, c->origin,
+           (unsigned long long)c->seq);
+}
+
+static long apply_json(PGconn *db, const char *json) {
+  const char *p[1] = {json};
+  PGresult *r = PQexecParams(db, "SELECT sp_apply_remote($1::jsonb)", 1, NULL, p, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    fail_msg("sp_apply_remote: %s", PQerrorMessage(db));
+  long v = atol(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return v;
+}
+
+static void test_apply_remote_matches_crdt(void **state) {
+  (void)state;
+  PGconn *db = db_connect();
+  enum { MAXC = 150, ORIGINS = 3 };
+  static char batch[MAXC * 256 + 8];
+  uint64_t seed = 7;
+  for (int round = 0; round < 40; round++) {
+    exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_vclock, sp_region_clock");
+    crdt_doc *mem;
+    assert_int_equal(crdt_doc_new(NULL, &mem), 0);
+    crdt_change cs[MAXC];
+    int order[MAXC];
+    uint64_t next_seq[ORIGINS] = {0, 0, 0};
+    int n = 20 + (int)(rnd(&seed) % (MAXC - 20));
+    for (int i = 0; i < n; i++) {
+      crdt_change *c = &cs[i];
+      random_change(&seed, c);
+      c->origin = (crdt_region)(1 + rnd(&seed) % ORIGINS);
+      c->stamp.region = rnd(&seed) % 4 ? c->origin : (crdt_region)(rnd(&seed) % 3); /* relays */
+      c->seq = ++next_seq[c->origin - 1];
+      assert_true(crdt_doc_merge(mem, c) >= 0);
+      order[i] = i;
+    }
+    for (int i = n - 1; i > 0; i--) { /* shuffle: gaps, reversals */
+      int j = (int)(rnd(&seed) % (uint64_t)(i + 1)), t = order[i];
+      order[i] = order[j];
+      order[j] = t;
+    }
+    /* batches of 1..40 changes in the shuffled order; a batch sometimes
+     * also repeats a few changes sent before; each change new to the
+     * store counts once in what sp_apply_remote returns */
+    long applied = 0;
+    for (int at = 0; at < n;) {
+      int len = 1 + (int)(rnd(&seed) % 40);
+      if (len > n - at)
+        len = n - at;
+      strcpy(batch, "[");
+      for (int k = 0; k < len; k++) {
+        json_change(batch, sizeof batch, &cs[order[at + k]]);
+        if (at > 0 && rnd(&seed) % 4 == 0)
+          json_change(batch, sizeof batch, &cs[order[rnd(&seed) % (uint64_t)at]]);
+      }
+      strcat(batch, "]");
+      applied += apply_json(db, batch);
+      at += len;
+    }
+    assert_int_equal(applied, n);
+    for (int o = 1; o <= ORIGINS; o++) {
+      char sql[96];
+      snprintf(sql, sizeof sql, "SELECT coalesce(max(seq), 0) FROM sp_vclock WHERE origin = %d", o);
+      assert_int_equal(count(db, sql), (long)next_seq[o - 1]);
+    }
+    expect_db_equals(db, mem, round);
+    crdt_doc_free(mem);
+  }
+  PQfinish(db);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sql_merge_matches_crdt),
       cmocka_unit_test(test_sp_write_intents),
+      cmocka_unit_test(test_apply_remote_matches_crdt),
   };
   return cmocka_run_group_tests_name("store_sql", tests, setup, teardown);
 }

@@ -22,10 +22,14 @@
  *
  * Pages touched by a merge are re-rendered RENDER_DELAY_MS later, once
  * for every change that arrived meanwhile (under a burst of writes the
- * page is rendered a few dozen times a second, not once per write); a read
- * of a page with changes still pending renders it first
- * (api_cache_render_pending), so a reader never sees a document older than
- * the cache.
+ * page is rendered a few dozen times a second, not once per write).  A read
+ * of a page with pending changes written in THIS region renders it first
+ * (api_cache_render_pending), so whoever wrote through this region reads
+ * their write at once, whichever of the region's processes answers.
+ * Changes from other regions wait for the timer: they are already up to
+ * the replication delay old, and rendering on every read would render the
+ * page once per replicated change whenever it is read often (a page under
+ * an incident: many readers, a stream of updates from every region).
  */
 #include "internal.h"
 #include "render.h"
@@ -44,6 +48,11 @@
 #define MAX_AHEAD 4096 /* merged-beyond-contiguous seqs remembered per origin */
 #define RENDER_DELAY_MS 20
 
+struct dirty_page {
+  char *page;
+  int local; /* a pending change was written in this region */
+};
+
 typedef struct ahead_set {
   uint64_t *v; /* sorted */
   size_t n, cap;
@@ -53,8 +62,8 @@ struct api_cache {
   api_server *s;
   crdt_vclock merged;
   ahead_set ahead[CRDT_MAX_REGIONS];
-  /* pages to re-render at the end of this loop iteration */
-  char **dirty;
+  /* pages to re-render when the timer fires */
+  struct dirty_page *dirty;
   size_t ndirty, capdirty;
   uv_timer_t render_timer;
   int render_scheduled;
@@ -124,8 +133,8 @@ static void render_dirty(api_cache *c) {
   size_t n = c->ndirty;
   c->ndirty = 0;
   for (size_t i = 0; i < n; i++) {
-    api_render_page(c->s, c->dirty[i]);
-    sp_free(c->dirty[i]);
+    api_render_page(c->s, c->dirty[i].page);
+    sp_free(c->dirty[i].page);
   }
 }
 
@@ -141,8 +150,10 @@ void api_cache_render_pending(api_server *s, const char *page) {
     return;
   }
   for (size_t i = 0; i < c->ndirty; i++) {
-    if (strcmp(c->dirty[i], page) == 0) {
-      char *p = c->dirty[i];
+    if (strcmp(c->dirty[i].page, page) == 0) {
+      if (!c->dirty[i].local)
+        return; /* only other regions' changes: the timer renders them */
+      char *p = c->dirty[i].page;
       c->dirty[i] = c->dirty[--c->ndirty];
       api_render_page(s, p);
       sp_free(p);
@@ -151,13 +162,16 @@ void api_cache_render_pending(api_server *s, const char *page) {
   }
 }
 
-static void mark_dirty(api_cache *c, const char *page) {
+/* local: the change was written in this region (see the top) */
+static void mark_dirty(api_cache *c, const char *page, int local) {
   for (size_t i = 0; i < c->ndirty; i++)
-    if (strcmp(c->dirty[i], page) == 0)
+    if (strcmp(c->dirty[i].page, page) == 0) {
+      c->dirty[i].local |= local;
       return;
+    }
   if (c->ndirty == c->capdirty) {
     size_t ncap = c->capdirty ? c->capdirty * 2 : 16;
-    char **nd = sp_realloc(c->dirty, ncap * sizeof *nd);
+    struct dirty_page *nd = sp_realloc(c->dirty, ncap * sizeof *nd);
     if (nd == NULL)
       return; /* the next change to this page renders it */
     c->dirty = nd;
@@ -166,7 +180,8 @@ static void mark_dirty(api_cache *c, const char *page) {
   char *p = sp_strdup(page);
   if (p == NULL)
     return;
-  c->dirty[c->ndirty++] = p;
+  c->dirty[c->ndirty].page = p;
+  c->dirty[c->ndirty++].local = local;
   if (!c->render_scheduled && !c->closing && c->started) {
     c->render_scheduled = 1;
     uv_timer_start(&c->render_timer, on_render_timer, RENDER_DELAY_MS, 0);
@@ -179,7 +194,7 @@ typedef struct merge_ctx {
 
 static void on_changed(const crdt_change *ch, void *arg) {
   merge_ctx *m = arg;
-  mark_dirty(m->c, ch->page);
+  mark_dirty(m->c, ch->page, ch->origin == m->c->s->region_id);
 }
 
 int api_cache_merge(api_server *s, const crdt_delta *d) {
@@ -531,7 +546,7 @@ void api_cache_free(api_server *s) {
   if (c == NULL)
     return;
   for (size_t i = 0; i < c->ndirty; i++)
-    sp_free(c->dirty[i]);
+    sp_free(c->dirty[i].page);
   sp_free(c->dirty);
   for (int i = 0; i < CRDT_MAX_REGIONS; i++)
     sp_free(c->ahead[i].v);

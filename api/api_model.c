@@ -189,12 +189,20 @@ typedef struct rd {
   sp_pool *pool;
   const char *page, *type, *id;
   int nomem;
+  /* the entity, looked up at the first read: one hash lookup per entity
+   * instead of one per field (renders read a dozen fields of each) */
+  const crdt_entity *e;
+  int looked_up;
 } rd;
 
 static int rd_raw(rd *r, const char *field, const char **v, size_t *len) {
   const uint8_t *val;
   crdt_stamp st;
-  if (crdt_doc_field(r->doc, r->page, r->type, r->id, field, &val, len, &st) != 0 || val == NULL)
+  if (!r->looked_up) {
+    r->e = crdt_doc_entity(r->doc, r->page, r->type, r->id);
+    r->looked_up = 1;
+  }
+  if (crdt_entity_field(r->e, field, &val, len, &st) != 0 || val == NULL)
     return 0;
   *v = (const char *)val;
   return 1;
@@ -314,7 +322,7 @@ static void sort(void *base, size_t n, size_t size, int (*cmp)(const void *, con
 static int fill_page(crdt_doc *doc, sp_pool *pool, const char *id, api_page_v *p) {
   if (crdt_doc_alive(doc, id, API_T_PAGE, id) != 1)
     return SP_ERR_NOENT;
-  rd r = {doc, pool, id, API_T_PAGE, id, 0};
+  rd r = {doc, pool, id, API_T_PAGE, id, 0, NULL, 0};
   memset(p, 0, sizeof *p);
   p->id = rd_dup(&r, id);
   p->name = rd_str(&r, "name");
@@ -463,7 +471,7 @@ int api_components_list(crdt_doc *doc, sp_pool *pool, const char *page, api_comp
   for (size_t i = 0; i < total; i++) {
     int group = i < ng;
     rd r = {doc, pool, page, group ? API_T_GROUP : API_T_COMPONENT, group ? gids[i] : cids[i - ng],
-            0};
+            0, NULL, 0};
     fill_component(&r, &items[i].v, group);
     if (r.nomem)
       return SP_ERR_NOMEM;
@@ -684,7 +692,7 @@ static int attach_updates(crdt_doc *doc, sp_pool *pool, const char *page, api_in
       return SP_ERR_NOMEM;
     inc[i].nupdates = 0;
     for (size_t k = 0; k < c.n; k++) {
-      rd r = {doc, pool, page, API_T_UPDATE, c.ids[k], 0};
+      rd r = {doc, pool, page, API_T_UPDATE, c.ids[k], 0, NULL, 0};
       fill_update(&r, &inc[i].updates[inc[i].nupdates++]);
       if (r.nomem)
         return SP_ERR_NOMEM;
@@ -706,7 +714,7 @@ scan:;
     byid[i] = &inc[i];
   sort(byid, n, sizeof *byid, cmp_incident_ptr_id);
   for (size_t i = 0; i < nu; i++) {
-    rd r = {doc, pool, page, API_T_UPDATE, uids[i], 0};
+    rd r = {doc, pool, page, API_T_UPDATE, uids[i], 0, NULL, 0};
     const char *v;
     size_t len;
     char key[CRDT_MAX_NAME + 1];
@@ -733,7 +741,7 @@ scan:;
     if (target[i] < 0)
       continue;
     api_incident_v *x = &inc[target[i]];
-    rd r = {doc, pool, page, API_T_UPDATE, uids[i], 0};
+    rd r = {doc, pool, page, API_T_UPDATE, uids[i], 0, NULL, 0};
     fill_update(&r, &x->updates[x->nupdates++]);
     if (r.nomem)
       return SP_ERR_NOMEM;
@@ -751,7 +759,7 @@ static int attach_components(crdt_doc *doc, sp_pool *pool, const char *page, api
   size_t nall = 0;
   int loaded = 0;
   for (size_t i = 0; i < n; i++) {
-    rd r = {doc, pool, page, API_T_INCIDENT, inc[i].id, 0};
+    rd r = {doc, pool, page, API_T_INCIDENT, inc[i].id, 0, NULL, 0};
     const char *v;
     size_t len;
     if (!rd_raw(&r, "components", &v, &len))
@@ -827,7 +835,7 @@ int api_incidents_lists(crdt_doc *doc, sp_pool *pool, const char *page, api_inci
   if (light == NULL || slot == NULL)
     return SP_ERR_NOMEM;
   for (size_t i = 0; i < nids; i++) {
-    rd r = {doc, pool, page, API_T_INCIDENT, ids[i], 0};
+    rd r = {doc, pool, page, API_T_INCIDENT, ids[i], 0, NULL, 0};
     fill_incident_light(&r, &light[i]);
     if (r.nomem)
       return SP_ERR_NOMEM;
@@ -864,7 +872,7 @@ int api_incidents_lists(crdt_doc *doc, sp_pool *pool, const char *page, api_inci
     if (slot[i] == SIZE_MAX)
       continue;
     slot[i] = k;
-    rd r = {doc, pool, page, API_T_INCIDENT, light[i].id, 0};
+    rd r = {doc, pool, page, API_T_INCIDENT, light[i].id, 0, NULL, 0};
     fill_incident(&r, &inc[k++]);
     if (r.nomem)
       return SP_ERR_NOMEM;
@@ -891,7 +899,7 @@ int api_incident_get(crdt_doc *doc, sp_pool *pool, const char *page, const char 
                      api_incident_v *out) {
   if (crdt_doc_alive(doc, page, API_T_INCIDENT, id) != 1)
     return SP_ERR_NOENT;
-  rd r = {doc, pool, page, API_T_INCIDENT, id, 0};
+  rd r = {doc, pool, page, API_T_INCIDENT, id, 0, NULL, 0};
   fill_incident(&r, out);
   if (r.nomem)
     return SP_ERR_NOMEM;
@@ -940,7 +948,7 @@ int api_subscribers_list(crdt_doc *doc, sp_pool *pool, const char *page, api_sub
   if (v == NULL)
     return SP_ERR_NOMEM;
   for (size_t i = 0; i < nids; i++) {
-    rd r = {doc, pool, page, API_T_SUBSCRIBER, ids[i], 0};
+    rd r = {doc, pool, page, API_T_SUBSCRIBER, ids[i], 0, NULL, 0};
     fill_subscriber(&r, &v[i]);
     if (r.nomem)
       return SP_ERR_NOMEM;
@@ -955,7 +963,7 @@ int api_subscriber_get(crdt_doc *doc, sp_pool *pool, const char *page, const cha
                        api_subscriber_v *out) {
   if (crdt_doc_alive(doc, page, API_T_SUBSCRIBER, id) != 1)
     return SP_ERR_NOENT;
-  rd r = {doc, pool, page, API_T_SUBSCRIBER, id, 0};
+  rd r = {doc, pool, page, API_T_SUBSCRIBER, id, 0, NULL, 0};
   fill_subscriber(&r, out);
   return r.nomem ? SP_ERR_NOMEM : 0;
 }

@@ -206,6 +206,16 @@ int crdt_doc_field(const crdt_doc *doc, const char *page, const char *type,
                    size_t *len, crdt_stamp *stamp);
 size_t crdt_doc_entity_count(const crdt_doc *doc);
 
+/* One lookup for reading many fields of an entity (a rendered component
+ * reads a dozen): crdt_doc_entity returns a borrowed handle, NULL when the
+ * entity is unknown, valid until the next merge or GC on doc;
+ * crdt_entity_field reads one of its fields as crdt_doc_field does. */
+typedef struct entity crdt_entity;
+const crdt_entity *crdt_doc_entity(const crdt_doc *doc, const char *page, const char *type,
+                                   const char *id);
+int crdt_entity_field(const crdt_entity *e, const char *field, const uint8_t **value,
+                      size_t *len, crdt_stamp *stamp);
+
 typedef void (*crdt_page_cb)(const char *page, void *arg);
 typedef void (*crdt_entity_cb)(const char *type, const char *id, uint32_t cl, void *arg);
 

@@ -514,9 +514,18 @@ int crdt_doc_cl(const crdt_doc *doc, const char *pg, const char *type, const cha
   return 0;
 }
 
+const crdt_entity *crdt_doc_entity(const crdt_doc *doc, const char *pg, const char *type,
+                                   const char *id) {
+  return crdt__doc_find(doc, pg, type, id);
+}
+
 int crdt_doc_field(const crdt_doc *doc, const char *pg, const char *type, const char *id,
                    const char *name, const uint8_t **value, size_t *len, crdt_stamp *stamp) {
-  const entity *e = crdt__doc_find(doc, pg, type, id);
+  return crdt_entity_field(crdt__doc_find(doc, pg, type, id), name, value, len, stamp);
+}
+
+int crdt_entity_field(const crdt_entity *e, const char *name, const uint8_t **value,
+                      size_t *len, crdt_stamp *stamp) {
   if (e == NULL)
     return SP_ERR_NOENT;
   long idx = field_find(e, name);

@@ -9,8 +9,10 @@
 -- of statements per batch:
 --   1. validation in one query, the first offending change named exactly as
 --      before (the messages are part of the interface: tests check them);
---   2. the origins' sp_vclock rows created and locked in ascending order
---      (the same lock order as before, see 0003), their values read;
+--   2. the region's clock row locked first (as sp_write does; 0003 took it
+--      last, after the entity and field rows, which could deadlock with a
+--      local write to the same fields), then the origins' sp_vclock rows
+--      created and locked in ascending order, their values read;
 --   3. one INSERT ... ON CONFLICT DO NOTHING RETURNING puts the new rows
 --      (seq above the origin's vector, origin not local) into the change
 --      log; what it returns is what is applied;
@@ -20,8 +22,7 @@
 --   5. field changes: the greatest per field by crdt/'s field order among
 --      those whose life is not older than the entity's (as step 4 left
 --      it), one upsert guarded by that order;
---   6. each origin's vector over the contiguous run now present; the local
---      clock observes the highest stamp applied.
+--   6. each origin's vector over the contiguous run now present.
 -- Merging only the greatest change per register is the same as merging
 -- every change in turn: the merge is a join (a max under a total order),
 -- and a field change of an older life than its entity's is dropped either
@@ -130,7 +131,19 @@ BEGIN
     PERFORM sp_apply_remote_check(p_changes);
   END IF;
 
-  -- 2. the origins' vector rows, locked in ascending order
+  -- 2. the local clock row first, then the origins' vector rows in
+  --    ascending order: sp_write locks the clock row before any entity or
+  --    field row, so an apply that upserted rows first and took the clock
+  --    row last could deadlock with a local write to the same fields.  The
+  --    clock observes the highest stamp of the batch (rows applied before
+  --    were observed then; observing again changes nothing).
+  IF p_local IS NOT NULL THEN
+    SELECT max(r.hlc) INTO v_max_hlc FROM unnest(v_in) AS r WHERE r.origin <> p_local;
+    IF v_max_hlc IS NOT NULL THEN
+      INSERT INTO sp_region_clock (region) VALUES (p_local) ON CONFLICT DO NOTHING;
+      UPDATE sp_region_clock SET hlc = greatest(hlc, v_max_hlc) WHERE region = p_local;
+    END IF;
+  END IF;
   SELECT array_agg(DISTINCT r.origin ORDER BY r.origin) INTO v_origins
     FROM unnest(v_in) AS r
    WHERE r.origin IS DISTINCT FROM p_local;
@@ -154,7 +167,7 @@ BEGIN
      ORDER BY x.origin, x.seq
     ON CONFLICT (origin, seq) DO NOTHING
     RETURNING l.*)
-  SELECT array_agg(ins::sp_change_log), count(*), max(ins.hlc) INTO v_rows, v_applied, v_max_hlc
+  SELECT array_agg(ins::sp_change_log), count(*) INTO v_rows, v_applied
     FROM ins;
 
   IF v_applied > 0 THEN
@@ -209,9 +222,60 @@ BEGIN
             FROM unnest(v_origins, v_from) AS vf(origin, seq)) AS nv
    WHERE v.origin = nv.origin AND nv.seq > v.seq;
 
-  IF p_local IS NOT NULL AND v_applied > 0 THEN
-    INSERT INTO sp_region_clock (region) VALUES (p_local) ON CONFLICT DO NOTHING;
-    UPDATE sp_region_clock SET hlc = v_max_hlc WHERE region = p_local AND hlc < v_max_hlc;
-  END IF;
   RETURN coalesce(v_applied, 0);
+END $$;
+
+-- sp_apply_snapshot (0005) with the same lock order: the region's clock row
+-- before any entity or field row, as sp_write takes them.  Otherwise as in
+-- 0005.
+CREATE OR REPLACE FUNCTION sp_apply_snapshot(p_changes jsonb, p_local smallint, p_vector jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  c jsonb;
+  k smallint;
+  o smallint;
+  vs bigint;
+  cur bigint;
+  applied integer := 0;
+  max_hlc bigint;
+BEGIN
+  IF p_changes IS NULL OR jsonb_typeof(p_changes) <> 'array' THEN
+    RAISE EXCEPTION 'sp_apply_snapshot: changes must be a JSON array' USING ERRCODE = '22023';
+  END IF;
+  IF p_vector IS NOT NULL AND jsonb_typeof(p_vector) <> 'object' THEN
+    RAISE EXCEPTION 'sp_apply_snapshot: vector must be a JSON object' USING ERRCODE = '22023';
+  END IF;
+  IF p_local IS NOT NULL THEN
+    SELECT max((e.value->>'hlc')::bigint) INTO max_hlc FROM jsonb_array_elements(p_changes) AS e;
+    IF max_hlc IS NOT NULL THEN
+      INSERT INTO sp_region_clock (region) VALUES (p_local) ON CONFLICT DO NOTHING;
+      UPDATE sp_region_clock SET hlc = greatest(hlc, max_hlc) WHERE region = p_local;
+    END IF;
+  END IF;
+  FOR c IN SELECT value FROM jsonb_array_elements(p_changes) LOOP
+    k := (c->>'k')::smallint;
+    IF sp_merge_change(k, c->>'p', c->>'t', c->>'i',
+                       CASE WHEN k = 1 THEN c->>'f' END, CASE WHEN k = 1 THEN c->>'v' END,
+                       (c->>'cl')::integer, (c->>'hlc')::bigint, (c->>'region')::smallint,
+                       (c->>'origin')::smallint, (c->>'seq')::bigint) THEN
+      applied := applied + 1;
+    END IF;
+  END LOOP;
+  IF p_vector IS NOT NULL THEN
+    FOR o, vs IN SELECT key::smallint, value::bigint FROM jsonb_each_text(p_vector)
+                 ORDER BY 1 LOOP
+      IF o = p_local THEN
+        CONTINUE;
+      END IF;
+      INSERT INTO sp_vclock (origin, seq) VALUES (o, 0) ON CONFLICT DO NOTHING;
+      SELECT seq INTO cur FROM sp_vclock WHERE origin = o FOR UPDATE;
+      IF vs > cur THEN
+        UPDATE sp_vclock SET seq = vs WHERE origin = o;
+        INSERT INTO sp_log_floor AS fl (origin, seq) VALUES (o, vs)
+        ON CONFLICT ON CONSTRAINT sp_log_floor_pkey
+          DO UPDATE SET seq = greatest(fl.seq, EXCLUDED.seq);
+      END IF;
+    END LOOP;
+  END IF;
+  RETURN applied;
 END $$;

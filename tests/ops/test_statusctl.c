@@ -844,6 +844,40 @@ static void test_apply_concurrent(void **state) {
   while ((res = PQgetResult(b)) != NULL)
     PQclear(res);
   assert_int_equal(q(a, "SELECT hlc FROM sp_region_clock WHERE region = 2"), 1L << 30);
+
+  /* no deadlock between an apply and a local write to the same fields: the
+   * local write holds the clock row and field fx; the apply (fa, then fx)
+   * must not take fa before the clock row, or the local write's next
+   * statement (fa) waits for the apply that waits for it */
+  q(a, "SELECT sp_write(2::smallint, 2::bigint, '[{\"op\":\"create\",\"p\":\"pg\","
+       "\"t\":\"component\",\"i\":\"local2\"}]'::jsonb, NULL)");
+  q(a, "BEGIN");
+  q(a, "SELECT sp_write(2::smallint, 3::bigint, '[{\"op\":\"set\",\"p\":\"pg\","
+       "\"t\":\"component\",\"i\":\"local2\",\"f\":\"fx\",\"v\":\"a\"}]'::jsonb, NULL)");
+  const char *p3[2] = {"[{\"k\":1,\"p\":\"pg\",\"t\":\"component\",\"i\":\"local2\",\"f\":\"fa\","
+                       "\"v\":\"r\",\"cl\":1,\"hlc\":5,\"region\":3,\"origin\":3,\"seq\":7},"
+                       "{\"k\":1,\"p\":\"pg\",\"t\":\"component\",\"i\":\"local2\",\"f\":\"fx\","
+                       "\"v\":\"r\",\"cl\":1,\"hlc\":5,\"region\":3,\"origin\":3,\"seq\":8}]",
+                       "2"};
+  assert_int_equal(PQsendQueryParams(b, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, NULL,
+                                     p3, NULL, NULL, 0),
+                   1);
+  dh_sleep_ms(300);
+  assert_int_equal(PQconsumeInput(b), 1);
+  assert_int_equal(PQisBusy(b), 1); /* waiting for the clock row */
+  res = PQexec(a, "SELECT sp_write(2::smallint, 4::bigint, '[{\"op\":\"set\",\"p\":\"pg\","
+                  "\"t\":\"component\",\"i\":\"local2\",\"f\":\"fa\",\"v\":\"b\"}]'::jsonb, NULL)");
+  if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    fail_msg("local write beside an apply: %s", PQerrorMessage(a));
+  PQclear(res);
+  q(a, "COMMIT");
+  res = PQgetResult(b);
+  if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    fail_msg("apply beside a local write: %s", PQerrorMessage(b));
+  assert_string_equal(PQgetvalue(res, 0, 0), "2");
+  PQclear(res);
+  while ((res = PQgetResult(b)) != NULL)
+    PQclear(res);
   PQfinish(a);
   PQfinish(b);
 }

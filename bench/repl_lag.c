@@ -17,7 +17,8 @@
  *     write.  After the last write, polling goes on until every sample is
  *     in or DRAIN_S pass; samples never seen count as missing.
  *     Prints: writes=N samples=S p50_ms=X p99_ms=Y max_ms=Z missing=M
- *             errors=E late=L rate=R polls=P poll_ms=I
+ *             errors=E late=L rate=R polls=P poll_ms=I write_p50_ms=A
+ *             write_p99_ms=B (the writes' own latency, sent to answered)
  *     (poll_ms: the mean time between polls of one region; a poll waits
  *     for the previous answer, so a loaded API stretches it past POLL_MS
  *     and it bounds the samples' resolution)
@@ -73,7 +74,7 @@
 #define NCOMP 60          /* components written; a multiple of NREG */
 #define WCONNS 16         /* write connections per region (lag mode) */
 #define BURST_CONNS 16    /* write connections in burst mode */
-#define POLL_MS 3.0       /* public API poll interval per region */
+#define POLL_MS 10.0      /* public API poll interval per region */
 #define DRAIN_S 5.0       /* how long unseen writes are waited for */
 #define CATCHUP_POLL_MS 5 /* digest poll interval */
 #define BODY_MAX (1u << 20)
@@ -329,6 +330,7 @@ static int cmp_double(const void *a, const void *b) {
 /* ---- lag --------------------------------------------------------------------- */
 
 typedef struct write_rec {
+  double sent;
   double commit; /* 0 until the 2xx answer */
   double seen[NREG];
   int failed;
@@ -341,8 +343,9 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
   static conn wc[NREG][WCONNS], pc[NREG];
   write_rec *w = calloc((size_t)nwrites, sizeof *w);
   double *lat = malloc((size_t)nwrites * NREG * sizeof *lat);
+  double *wlat = malloc((size_t)nwrites * sizeof *wlat);
   int rc = 1;
-  if (w == NULL || lat == NULL)
+  if (w == NULL || lat == NULL || wlat == NULL)
     goto out_free;
   for (int r = 0; r < NREG; r++) {
     if (conn_init(&pc[r], addrs[r], r) != 0)
@@ -405,6 +408,7 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
       if (conn_send(c, "PATCH", path, body) != 0)
         break;
       busy_comp[next % NCOMP] = 1;
+      w[next].sent = t;
       c->wid = next++;
     }
     int busy_writes = 0;
@@ -494,6 +498,7 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
   for (long i = 0; i < next; i++) {
     if (w[i].commit == 0)
       continue;
+    wlat[committed] = (w[i].commit - w[i].sent) * 1000.0;
     committed++;
     if (w[i].commit > last_commit)
       last_commit = w[i].commit;
@@ -510,12 +515,15 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
   double p50 = nlat ? lat[(size_t)((double)(nlat - 1) * 0.50)] : 0;
   double p99 = nlat ? lat[(size_t)((double)(nlat - 1) * 0.99)] : 0;
   double mx = nlat ? lat[nlat - 1] : 0;
+  qsort(wlat, (size_t)committed, sizeof *wlat, cmp_double);
+  double w50 = committed ? wlat[(size_t)((double)(committed - 1) * 0.50)] : 0;
+  double w99 = committed ? wlat[(size_t)((double)(committed - 1) * 0.99)] : 0;
   double run = now_s() - start;
   printf("writes=%ld samples=%ld p50_ms=%.1f p99_ms=%.1f max_ms=%.1f missing=%ld errors=%ld "
-         "late=%ld rate=%.0f polls=%ld poll_ms=%.1f\n",
+         "late=%ld rate=%.0f polls=%ld poll_ms=%.1f write_p50_ms=%.1f write_p99_ms=%.1f\n",
          committed, nlat, p50, p99, mx, missing, errors, late,
          last_commit > start ? (double)committed / (last_commit - start) : 0, polls,
-         polls ? run * 1000.0 * NREG / (double)polls : 0);
+         polls ? run * 1000.0 * NREG / (double)polls : 0, w50, w99);
   rc = nlat > 0 ? 0 : 1;
 out_conns:
   for (int r = 0; r < NREG; r++) {
@@ -526,6 +534,7 @@ out_conns:
 out_free:
   free(w);
   free(lat);
+  free(wlat);
   return rc;
 }
 

@@ -5,9 +5,11 @@
  * the vector of changes known to be in it: for each origin the highest
  * contiguous sequence number merged, and a bounded set of sequence numbers
  * merged beyond it (changes can arrive out of order: this process's own
- * writes, other processes' deltas on Redis, the catch-up poll).  Merging is
- * idempotent, so receiving a change twice is harmless; the vector only
- * decides what the catch-up poll must still fetch.
+ * writes, other processes' deltas on Redis, the catch-up poll).  A change
+ * at or below the contiguous point is not merged again: merging is
+ * idempotent, but not once its entity's tombstone was collected (a
+ * duplicate of the create would bring it back); see the tombstone
+ * paragraph below.
  *
  * Fresh data arrives three ways: api_write merges a write's changes right
  * after its commit; every process publishes the changes it wrote on the
@@ -16,9 +18,21 @@
  * vector lacks (a Redis outage, the replication daemon's applies).  When the
  * rows it lacks were already trimmed from the log (the replication daemon
  * trims below every peer's ack, sp_log_floor), it reloads the state instead:
- * the vector is read first, so entities and fields read after it hold at
- * least that much, and merging them is idempotent.  When the poll fails for
- * longer than STALE_MS the cache reports itself stale.
+ * the vector is read first, so entities and fields read after it (in one
+ * statement) hold at least that much.  The reload builds a new document
+ * and swaps it in, because merging the rows into the old one would keep
+ * entities whose tombstones PostgreSQL collected meanwhile (alive, if the
+ * delete was among the rows we lacked); what the old document holds beyond
+ * the vector (this process's latest writes) is carried over.  When the
+ * poll fails for longer than STALE_MS the cache reports itself stale.
+ *
+ * Tombstones are collected as statusd-replicad collects them in PostgreSQL
+ * (crdt/DESIGN.md; lib/sql/0008_tombstone_gc.sql): when a poll finds the
+ * document caught up with sp_vclock and the topology has peers, at most
+ * every GC_MS it reads sp_peer_ack and runs crdt_doc_gc with region r's
+ * acknowledged vector = sp_peer_ack of peer r, and ours = that sp_vclock
+ * (the document holds everything up to it).  The types kept from
+ * collection come from sp_gc_keep, read at load.
  *
  * Pages touched by a merge are re-rendered RENDER_DELAY_MS later, once
  * for every change that arrived meanwhile (under a burst of writes the
@@ -33,6 +47,7 @@
  */
 #include "internal.h"
 #include "render.h"
+#include "routes.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -47,6 +62,7 @@
 #define CATCHUP_BATCH 5000
 #define MAX_AHEAD 4096 /* merged-beyond-contiguous seqs remembered per origin */
 #define RENDER_DELAY_MS 20
+#define GC_MS 1000 /* tombstone collection at most this often */
 
 struct dirty_page {
   char *page;
@@ -70,6 +86,12 @@ struct api_cache {
   uv_timer_t poll;
   int polling;        /* a catch-up query is in flight */
   crdt_vclock reload_to; /* the vector a state reload brings us to */
+  /* tombstone collection: sp_vclock of the poll that found us caught up,
+   * the types never collected (sp_gc_keep), tallies */
+  crdt_vclock gc_vector;
+  char **keep;
+  size_t nkeep;
+  uint64_t last_gc_ms, collected;
   uint64_t last_ok_ms;
   int closing;
   int started; /* the idle and timer handles are initialised */
@@ -204,6 +226,8 @@ int api_cache_merge(api_server *s, const crdt_delta *d) {
   int rc = 0;
   for (size_t i = 0; i < n; i++) {
     const crdt_change *ch = crdt_delta_get(d, i);
+    if (ch->seq <= c->merged.seq[ch->origin])
+      continue; /* merged already (see the top) */
     int r = crdt_doc_merge(s->doc, ch);
     if (r < 0 && r != SP_ERR_INVAL) {
       rc = r; /* out of memory: the catch-up poll retries these */
@@ -265,6 +289,63 @@ static int load_rows(api_server *s, PGconn *db, const char *sql, int kind, char 
   return rc;
 }
 
+int api_cache_doc_new(crdt_doc **out) {
+  crdt_doc *d;
+  int rc = crdt_doc_new(NULL, &d);
+  if (rc)
+    return rc;
+  /* incident updates are a grow-only set, read per incident by index */
+  if ((rc = crdt_doc_grow_only(d, API_T_UPDATE)) ||
+      (rc = crdt_doc_index(d, API_T_UPDATE, "incident_id"))) {
+    crdt_doc_free(d);
+    return rc;
+  }
+  *out = d;
+  return 0;
+}
+
+/* Declares the kept types (sp_gc_keep, as read at load) on d. */
+static int declare_keep(const api_cache *c, crdt_doc *d) {
+  int rc = 0;
+  for (size_t i = 0; i < c->nkeep && rc == 0; i++)
+    rc = crdt_doc_gc_keep(d, c->keep[i]);
+  return rc;
+}
+
+/* Reads sp_gc_keep into c->keep and declares it on s->doc: the types whose
+ * tombstones PostgreSQL never collects, so neither may we. */
+static int load_keep(api_cache *c, PGconn *db, char *err, size_t errlen) {
+  PGresult *res = PQexec(db, "SELECT type FROM sp_gc_keep");
+  if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    snprintf(err, errlen, "loading the store: %s", PQerrorMessage(db));
+    PQclear(res);
+    return SP_ERR_DB;
+  }
+  int rc = 0, n = PQntuples(res);
+  char **keep = sp_calloc(n ? (size_t)n : 1, sizeof *keep);
+  if (keep == NULL)
+    rc = SP_ERR_NOMEM;
+  for (int i = 0; i < n && rc == 0; i++)
+    if ((keep[i] = sp_strdup(PQgetvalue(res, i, 0))) == NULL)
+      rc = SP_ERR_NOMEM;
+  PQclear(res);
+  if (rc == 0) {
+    for (size_t i = 0; i < c->nkeep; i++)
+      sp_free(c->keep[i]);
+    sp_free(c->keep);
+    c->keep = keep;
+    c->nkeep = (size_t)n;
+    rc = declare_keep(c, c->s->doc);
+  } else if (keep) {
+    for (int i = 0; i < n; i++)
+      sp_free(keep[i]);
+    sp_free(keep);
+  }
+  if (rc)
+    snprintf(err, errlen, "loading the store: %s", sp_strerror(rc));
+  return rc;
+}
+
 static int cache_new(api_server *s) {
   api_cache *c = sp_calloc(1, sizeof *c);
   if (c == NULL)
@@ -303,6 +384,8 @@ int api_cache_load(api_server *s, const char *conninfo, char *err, size_t errlen
     }
     PQclear(res);
   }
+  if (rc == 0)
+    rc = load_keep(s->cache, db, err, errlen);
   if (rc == 0)
     rc = load_rows(s, db,
                    "SELECT page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq "
@@ -382,53 +465,121 @@ static void on_log_rows(int status, const PGresult *res, void *arg) {
   uv_timer_start(&c->poll, poll_start, more ? 0 : CATCHUP_MS, 0);
 }
 
-/* Merges rows of sp_entity (kind EXIST) or sp_field (kind FIELD) selected
- * as: page_id type id field value cl hlc region origin seq. */
-static void merge_state_rows(api_cache *c, const PGresult *res, int kind) {
+static void on_page_dirty(const char *page, void *arg) { mark_dirty(arg, page, 0); }
+
+/* Merges into `fresh` what the current document holds beyond reload_to:
+ * changes committed after the vector was read that this process already
+ * has (its own writes, Redis events), so a reload never hides a write from
+ * the one who made it.  Losing changes are not exported; the poll fetches
+ * everything beyond reload_to again anyway. */
+static int carry_over(api_cache *c, crdt_doc *fresh) {
   crdt_delta *d;
-  if (crdt_delta_new(NULL, &d))
+  int rc = crdt_delta_new(NULL, &d);
+  if (rc)
+    return rc;
+  rc = crdt_doc_export(c->s->doc, d);
+  for (size_t i = 0, n = crdt_delta_count(d); rc == 0 && i < n; i++) {
+    const crdt_change *ch = crdt_delta_get(d, i);
+    if (ch->seq > c->reload_to.seq[ch->origin] && crdt_doc_merge(fresh, ch) == SP_ERR_NOMEM)
+      rc = SP_ERR_NOMEM;
+  }
+  crdt_delta_free(d);
+  return rc;
+}
+
+/* The state (sp_entity and sp_field rows in one statement, so they agree;
+ * column 10 is the kind) read after reload_to: a new document from it
+ * replaces the current one (see the top), and every page of either is
+ * rendered again. */
+static void on_reload_state(int status, const PGresult *res, void *arg) {
+  api_cache *c = arg;
+  c->polling = 0;
+  if (c->closing)
     return;
-  for (int i = 0, n = PQntuples(res); i < n; i++) {
+  crdt_doc *fresh = NULL;
+  int rc = status;
+  if (rc == 0 && (rc = api_cache_doc_new(&fresh)) == 0)
+    rc = declare_keep(c, fresh);
+  for (int i = 0, n = rc ? 0 : PQntuples(res); i < n && rc == 0; i++) {
     crdt_change ch;
     char *buf[4];
+    int kind = atoi(PQgetvalue(res, i, 10)) == 2 ? CRDT_EXIST : CRDT_FIELD;
     parse_row_change((PGresult *)res, i, kind, &ch, buf);
-    crdt_delta_add(d, &ch);
+    if (crdt_doc_merge(fresh, &ch) == SP_ERR_NOMEM)
+      rc = SP_ERR_NOMEM;
   }
-  api_cache_merge(c->s, d);
-  crdt_delta_free(d);
+  if (rc == 0)
+    rc = carry_over(c, fresh);
+  if (rc) {
+    crdt_doc_free(fresh);
+    if (status == 0)
+      sp_log_warn("cannot reload the cache; retrying", "{s:s}", "error", sp_strerror(rc));
+    uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
+    return;
+  }
+  crdt_doc_pages(c->s->doc, on_page_dirty, c); /* pages that may be gone */
+  crdt_doc_free(c->s->doc);
+  c->s->doc = fresh;
+  crdt_doc_pages(fresh, on_page_dirty, c);
+  c->merged = c->reload_to;
+  for (int o = 0; o < CRDT_MAX_REGIONS; o++)
+    c->ahead[o].n = 0;
+  c->last_ok_ms = mono_ms(c->s);
+  sp_log_info("cache reloaded from the state (the change log was trimmed)", "{s:i}", "entities",
+              (int)crdt_doc_entity_count(fresh));
+  uv_timer_start(&c->poll, poll_start, 0, 0);
 }
 
-static void on_reload_fields(int status, const PGresult *res, void *arg) {
+/* ---- tombstone collection ------------------------------------------------------- */
+
+/* sp_peer_ack rows (peer, origin, seq) read once the document had caught up
+ * with gc_vector: collect what is stable (see the top). */
+static void on_acks(int status, const PGresult *res, void *arg) {
   api_cache *c = arg;
   c->polling = 0;
   if (c->closing)
     return;
-  if (status == 0) {
-    merge_state_rows(c, res, CRDT_FIELD);
-    crdt_vclock_merge(&c->merged, &c->reload_to);
-    c->last_ok_ms = mono_ms(c->s);
-    sp_log_info("cache reloaded from the state (the change log was trimmed)", NULL);
-  }
-  uv_timer_start(&c->poll, poll_start, status == 0 ? 0 : CATCHUP_MS, 0);
-}
-
-static void on_reload_entities(int status, const PGresult *res, void *arg) {
-  api_cache *c = arg;
-  c->polling = 0;
-  if (c->closing)
-    return;
-  if (status == 0) {
-    merge_state_rows(c, res, CRDT_EXIST);
-    if (sp_pg_query(c->s->pg_read,
-                    "SELECT page_id, type, id, field, value, cl, hlc, region, origin, seq "
-                    "FROM sp_field",
-                    0, NULL, on_reload_fields, c) == 0) {
-      c->polling = 1;
-      return;
+  api_server *s = c->s;
+  size_t n = s->topo->nregions;
+  crdt_vclock *acks = NULL;
+  if (status == 0 && n > 0 && n <= CRDT_MAX_REGIONS && s->region_id >= 0 &&
+      (size_t)s->region_id < n && (acks = sp_calloc(n, sizeof *acks)) != NULL) {
+    acks[s->region_id] = c->gc_vector;
+    for (int i = 0; i < PQntuples(res); i++) {
+      long peer = atol(PQgetvalue(res, i, 0)), o = atol(PQgetvalue(res, i, 1));
+      if (peer >= 0 && (size_t)peer < n && peer != s->region_id && o >= 0 &&
+          o < CRDT_MAX_REGIONS)
+        acks[peer].seq[o] = strtoull(PQgetvalue(res, i, 2), NULL, 10);
     }
+    int r = crdt_doc_gc(s->doc, acks, n, NULL, NULL);
+    if (r > 0) {
+      c->collected += (uint64_t)r;
+      api_metrics_tombstones_collected(s, (uint64_t)r);
+      sp_log_debug("tombstones collected", "{s:i}", "count", r);
+    } else if (r < 0) {
+      sp_log_warn("cannot collect tombstones", "{s:s}", "error", sp_strerror(r));
+    }
+    sp_free(acks);
   }
   uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
 }
+
+/* Called with the document caught up with the sp_vclock just read (in
+ * reload_to): 1 when a collection query went out. */
+static int gc_start(api_cache *c) {
+  api_server *s = c->s;
+  uint64_t now = mono_ms(s);
+  if (s->region == NULL || s->region->npeers == 0 || now - c->last_gc_ms < GC_MS)
+    return 0;
+  c->last_gc_ms = now;
+  c->gc_vector = c->reload_to;
+  if (sp_pg_query(s->pg_read, "SELECT peer, origin, seq FROM sp_peer_ack", 0, NULL, on_acks, c))
+    return 0;
+  c->polling = 1;
+  return 1;
+}
+
+uint64_t api_cache_collected(const api_server *s) { return s->cache ? s->cache->collected : 0; }
 
 static void on_vclock(int status, const PGresult *res, void *arg) {
   api_cache *c = arg;
@@ -452,9 +603,11 @@ static void on_vclock(int status, const PGresult *res, void *arg) {
   }
   if (trimmed) {
     if (sp_pg_query(c->s->pg_read,
-                    "SELECT page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq "
-                    "FROM sp_entity",
-                    0, NULL, on_reload_entities, c) == 0)
+                    "SELECT page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq, 2 "
+                    "FROM sp_entity UNION ALL "
+                    "SELECT page_id, type, id, field, value, cl, hlc, region, origin, seq, 1 "
+                    "FROM sp_field",
+                    0, NULL, on_reload_state, c) == 0)
       c->polling = 1;
     else
       uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
@@ -481,7 +634,8 @@ static void on_vclock(int status, const PGresult *res, void *arg) {
   }
   if (branches == 0) {
     c->last_ok_ms = mono_ms(c->s);
-    uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
+    if (!gc_start(c))
+      uv_timer_start(&c->poll, poll_start, CATCHUP_MS, 0);
     return;
   }
   if (sp_pg_query(c->s->pg_read, sql, 0, NULL, on_log_rows, c) == 0)
@@ -550,6 +704,9 @@ void api_cache_free(api_server *s) {
   sp_free(c->dirty);
   for (int i = 0; i < CRDT_MAX_REGIONS; i++)
     sp_free(c->ahead[i].v);
+  for (size_t i = 0; i < c->nkeep; i++)
+    sp_free(c->keep[i]);
+  sp_free(c->keep);
   sp_free(c);
   s->cache = NULL;
 }

@@ -137,7 +137,11 @@ static void finish(mg_ctx *c, int status, const char *body, size_t len, const ch
     h[nh++] = (sp_http_header){"Retry-After", retry};
   if (challenge)
     h[nh++] = (sp_http_header){"WWW-Authenticate", "OAuth realm=\"statusd-api\""};
-  sp_http_respond(c->req, status, h, nh, body, body ? len : 0);
+  if (c->durable && status >= 200 && status < 300) /* the write committed: wait for a peer */
+    api_durable_hold(s, c->req, status, h, nh, body, body ? len : 0, c->durable_seq,
+                     c->new_id[0] ? c->new_id : c->id2[0] ? c->id2 : c->id);
+  else
+    sp_http_respond(c->req, status, h, nh, body, body ? len : 0);
   c->req = NULL;
   json_decref(c->body);
   json_decref(c->keep);
@@ -232,6 +236,8 @@ static void on_write(api_server *s, const api_write_result *r, void *arg) {
   (void)s;
   switch (r->status) {
   case 0:
+    if (r->seq > c->durable_seq)
+      c->durable_seq = r->seq;
     c->done(c);
     return;
   case SP_ERR_NOENT:
@@ -396,6 +402,23 @@ mg_ctx *mg_begin(sp_http_req *req, void *app, int flags) {
   if ((flags & MG_ORG) && !c->key.org) {
     mg_error(c, 403, NULL, "this needs an organisation API key");
     return NULL;
+  }
+  int durable = api_durable_requested(req);
+  if (durable < 0) {
+    mg_error(c, 400, "X-Durable", "X-Durable must be \"true\" or \"1\" (or left out)");
+    return NULL;
+  }
+  if (durable) {
+    char reason[320];
+    int refuse = api_durable_admit(s, reason, sizeof reason);
+    if (refuse) {
+      if (refuse == 503)
+        error_retry(c, 503, "1", "%s", reason);
+      else
+        mg_error(c, refuse, "X-Durable", "%s", reason);
+      return NULL;
+    }
+    c->durable = 1;
   }
   int pr = param(c, "page_id", c->page);
   if (param(c, "id", c->id) < 0)

@@ -5,8 +5,13 @@
  *                 {"status":"degraded","checks":{"postgres":"down",...}}
  *   GET /metrics  Prometheus text format
  *   GET /_internal/digest  the region's state digest (crdt/), whole and per
- *                 page: {"digest":"<hex>","pages":{"<page>":"<hex>"},"vector":{...}}
- *                 for `statusctl verify` to prove regions converged
+ *                 page: {"digest":"<hex>","pages":{"<page>":"<hex>"},"vector":{...},
+ *                 "entities":N,"tombstones":N,"collected":N}
+ *                 for `statusctl verify` to prove regions converged;
+ *                 ?page=ID: that page's entities, {"page":ID,"digest":"<hex>"|null,
+ *                 "entities":[{"type","id","cl","digest"}],"vector":{...}}, for
+ *                 verify to tell a tombstone one region still holds from a
+ *                 real difference
  *   POST /_test/clock {"advance_ms": N} | {"offset_ms": N}
  *                 moves this process's clock (only with --test-clock: the
  *                 maintenance auto-transition tests use it)
@@ -43,6 +48,8 @@ static struct {
   sp_counter *rate_limited;
   sp_metrics_family *hits_f;
   sp_counter *hits[API_DOC_COUNT + 1]; /* by document kind; last = 304s */
+  sp_metrics_family *collected_f;
+  sp_counter *collected; /* tombstones collected from the cache's document */
   series_entry cache[SERIES_CACHE];
   size_t ncache;
   uv_timer_t maint;
@@ -125,9 +132,22 @@ int api_metrics_init(api_server *s) {
     const char *v[] = {docs[i]};
     rc = sp_metrics_counter(g_ops.hits_f, v, &g_ops.hits[i]);
   }
+  if (!rc)
+    rc = sp_metrics_add_counter(m, "statusd_api_tombstones_collected_total",
+                                "Tombstones dropped from the cache's document once stable in "
+                                "every region",
+                                NULL, 0, &g_ops.collected_f);
+  if (!rc)
+    rc = sp_metrics_counter(g_ops.collected_f, NULL, &g_ops.collected);
   if (rc)
     sp_log_error("cannot register metrics", "{s:s}", "error", sp_strerror(rc));
   return rc;
+}
+
+void api_metrics_tombstones_collected(api_server *s, uint64_t n) {
+  (void)s;
+  if (g_ops.collected)
+    sp_counter_add(g_ops.collected, n);
 }
 
 void api_metrics_cache_hit(int kind, int not_modified) {
@@ -271,21 +291,27 @@ static void on_page_digest(const char *page, const uint8_t dg[CRDT_DIGEST_LEN], 
   json_object_set_new(arg, page, json_string(x));
 }
 
-static void h_digest(sp_http_req *req, void *app) {
-  api_server *s = app;
-  uint8_t root[CRDT_DIGEST_LEN];
+static void on_count_tombstone(const char *type, const char *id, uint32_t cl, void *arg) {
+  (void)type;
+  (void)id;
+  if (cl && cl % 2 == 0)
+    ++*(size_t *)arg;
+}
+
+static void on_page_tombstones(const char *page, void *arg) {
+  api_server *s = ((void **)arg)[0];
+  crdt_doc_page_entities(s->doc, page, NULL, on_count_tombstone, ((void **)arg)[1]);
+}
+
+static void on_entity_digest(const char *type, const char *id,
+                             const uint8_t dg[CRDT_DIGEST_LEN], void *arg) {
   char x[2 * CRDT_DIGEST_LEN + 1];
-  json_t *pages = json_object(), *vec = json_object();
-  int rc = crdt_doc_digest(s->doc, root);
-  if (rc == 0)
-    rc = crdt_doc_page_digests(s->doc, on_page_digest, pages);
-  if (rc) {
-    json_decref(pages);
-    json_decref(vec);
-    sp_http_respond_error(req, 500, sp_strerror(rc), NULL);
-    return;
-  }
-  hex(root, CRDT_DIGEST_LEN, x);
+  hex(dg, CRDT_DIGEST_LEN, x);
+  json_array_append_new(arg, json_pack("{s:s,s:s,s:s}", "type", type, "id", id, "digest", x));
+}
+
+static json_t *vector_json(api_server *s) {
+  json_t *vec = json_object();
   const crdt_vclock *v = api_cache_merged(s);
   for (int i = 0; i < CRDT_MAX_REGIONS; i++) {
     if (v->seq[i]) {
@@ -294,9 +320,10 @@ static void h_digest(sp_http_req *req, void *app) {
       json_object_set_new(vec, k, json_integer((json_int_t)v->seq[i]));
     }
   }
-  json_t *o = json_pack("{s:s,s:s,s:I,s:o,s:o}", "region", s->region->name, "digest", x,
-                        "entities", (json_int_t)crdt_doc_entity_count(s->doc), "pages", pages,
-                        "vector", vec);
+  return vec;
+}
+
+static void respond_json_value(sp_http_req *req, json_t *o) {
   char *body = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
   json_decref(o);
   if (body == NULL) {
@@ -305,6 +332,75 @@ static void h_digest(sp_http_req *req, void *app) {
   }
   sp_http_respond_json(req, 200, body, strlen(body));
   free(body);
+}
+
+/* ?page=ID: the page's entities with their causal length and digest. */
+static void h_digest_page(sp_http_req *req, api_server *s, const char *page) {
+  uint8_t dg[CRDT_DIGEST_LEN];
+  char x[2 * CRDT_DIGEST_LEN + 1];
+  json_t *ents = json_array();
+  int rc = crdt_doc_page_digest(s->doc, page, dg);
+  if (rc == 0)
+    rc = crdt_doc_entity_digests(s->doc, page, on_entity_digest, ents);
+  if (rc && rc != SP_ERR_NOENT) {
+    json_decref(ents);
+    sp_http_respond_error(req, 500, sp_strerror(rc), NULL);
+    return;
+  }
+  size_t i;
+  json_t *e;
+  json_array_foreach(ents, i, e) {
+    uint32_t cl = 0;
+    if (crdt_doc_cl(s->doc, page, json_string_value(json_object_get(e, "type")),
+                    json_string_value(json_object_get(e, "id")), &cl))
+      cl = 0;
+    json_object_set_new(e, "cl", json_integer(cl));
+  }
+  if (rc == 0)
+    hex(dg, CRDT_DIGEST_LEN, x);
+  respond_json_value(req, json_pack("{s:s,s:s,s:o,s:o,s:o}", "region", s->region->name, "page",
+                                    page, "digest", rc == 0 ? json_string(x) : json_null(),
+                                    "entities", ents, "vector", vector_json(s)));
+}
+
+static void h_digest(sp_http_req *req, void *app) {
+  api_server *s = app;
+  const char *page = NULL;
+  int q = sp_http_req_query_param(req, "page", &page);
+  if (q == SP_ERR_PARSE || (q == 0 && page[0] == '\0')) {
+    sp_http_respond_error(req, 400, "page must be a page id", "page");
+    return;
+  }
+  if (q == SP_ERR_NOMEM) {
+    sp_http_respond_error(req, 500, "out of memory", NULL);
+    return;
+  }
+  if (q == 0) {
+    h_digest_page(req, s, page);
+    return;
+  }
+  uint8_t root[CRDT_DIGEST_LEN];
+  char x[2 * CRDT_DIGEST_LEN + 1];
+  json_t *pages = json_object();
+  int rc = crdt_doc_digest(s->doc, root);
+  if (rc == 0)
+    rc = crdt_doc_page_digests(s->doc, on_page_digest, pages);
+  size_t tombstones = 0;
+  void *tctx[2] = {s, &tombstones};
+  if (rc == 0)
+    rc = crdt_doc_pages(s->doc, on_page_tombstones, tctx);
+  if (rc) {
+    json_decref(pages);
+    sp_http_respond_error(req, 500, sp_strerror(rc), NULL);
+    return;
+  }
+  hex(root, CRDT_DIGEST_LEN, x);
+  respond_json_value(req, json_pack("{s:s,s:s,s:I,s:I,s:I,s:o,s:o}", "region", s->region->name,
+                                    "digest", x, "entities",
+                                    (json_int_t)crdt_doc_entity_count(s->doc), "tombstones",
+                                    (json_int_t)tombstones, "collected",
+                                    (json_int_t)api_cache_collected(s), "pages", pages, "vector",
+                                    vector_json(s)));
 }
 
 const sp_http_route api_ops_routes[] = {

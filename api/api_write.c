@@ -120,6 +120,20 @@ static int result_changes(api_server *s, json_t *res, crdt_delta *d, crdt_hlc *h
   return 0;
 }
 
+/* The highest change-log sequence number of one committed write (what a
+ * durable write waits for other regions to acknowledge); 0 when none. */
+static uint64_t last_seq(json_t *res) {
+  uint64_t max = 0;
+  size_t i;
+  json_t *c;
+  json_array_foreach(json_object_get(res, "changes"), i, c) {
+    json_int_t seq = json_integer_value(json_object_get(c, "seq"));
+    if (seq > 0 && (uint64_t)seq > max)
+      max = (uint64_t)seq;
+  }
+  return max;
+}
+
 static int map_sqlstate(const char *state) {
   if (strcmp(state, "P0002") == 0)
     return SP_ERR_NOENT;
@@ -175,7 +189,7 @@ static void on_batch(int status, const PGresult *res, void *arg) {
   write_req *w = b->reqs;
   for (size_t i = 0; w; i++) {
     write_req *next = w->next;
-    api_write_result r = {0, NULL, 0};
+    api_write_result r = {0, NULL, 0, 0};
     if (fail) {
       r.status = fail;
       r.message = fail_msg;
@@ -185,6 +199,7 @@ static void on_batch(int status, const PGresult *res, void *arg) {
         json_int_t hlc = 0;
         json_unpack(one, "{s:I}", "hlc", &hlc);
         r.hlc = (crdt_hlc)hlc;
+        r.seq = last_seq(one);
       } else {
         const char *code = json_string_value(json_object_get(one, "code"));
         r.status = map_sqlstate(code ? code : "");
@@ -257,7 +272,7 @@ static void flush(api_server *s) {
     g_wq.queued = 0;
     while (x) {
       write_req *next = x->next;
-      api_write_result r = {st, sp_strerror(st), 0};
+      api_write_result r = {st, sp_strerror(st), 0, 0};
       x->cb(s, &r, x->arg);
       req_free(x);
       x = next;

@@ -17,7 +17,9 @@
  * Files: api_cache.c (cache, loader, catch-up, change events),
  * api_write.c (the write path: intents -> sp_write -> merge -> publish),
  * api_model.c (typed views of entities, field schema and validation),
- * api_render.c (Statuspage JSON shapes, rollup, pre-rendered documents),
+ * api_durable.c (X-Durable: answers held until another region applied
+ * the write), api_render.c (Statuspage JSON shapes, rollup, pre-rendered
+ * documents),
  * api_public.c (public read API and HTML page), api_manage.c (management
  * API v1), api_auth.c (API keys, rate limits), api_ops.c (/health, /ready,
  * /metrics, maintenance auto-transition), main.c.
@@ -64,8 +66,14 @@ void api_doc_unref(api_doc *d);
 
 typedef struct api_cache api_cache;
 
-/* Loads the whole state from PostgreSQL (blocking libpq: start-up only).
- * 0 or SP_ERR_*; err gets a message. */
+/* A new, empty document with the declarations every copy of the state
+ * needs (incident updates grow-only and indexed by incident).  The caller
+ * frees it (crdt_doc_free).  0 or SP_ERR_NOMEM. */
+int api_cache_doc_new(crdt_doc **out);
+/* Loads the whole state from PostgreSQL into s->doc (made by
+ * api_cache_doc_new), and the types whose tombstones are never collected
+ * (sp_gc_keep).  Blocking libpq: start-up only.  0 or SP_ERR_*; err gets a
+ * message. */
 int api_cache_load(api_server *s, const char *conninfo, char *err, size_t errlen);
 /* Merges changes (already committed) into the document, records them in the
  * merged vector and schedules re-rendering of the pages they touch. */
@@ -83,6 +91,8 @@ const crdt_vclock *api_cache_merged(const api_server *s);
 void api_cache_render_pending(api_server *s, const char *page);
 /* 1 when the cache may be behind PostgreSQL (database or catch-up failing). */
 int api_cache_is_stale(const api_server *s);
+/* Tombstones collected from the document since start (crdt_doc_gc). */
+uint64_t api_cache_collected(const api_server *s);
 
 /* ---- write path (api_write.c) -------------------------------------------- */
 
@@ -104,6 +114,8 @@ typedef struct api_write_result {
   int status;
   const char *message; /* borrowed for the call */
   crdt_hlc hlc;        /* the write's stamp */
+  uint64_t seq;        /* its last change-log sequence number (this region's
+                          origin); 0 when it changed nothing */
 } api_write_result;
 typedef void (*api_write_cb)(api_server *s, const api_write_result *r, void *arg);
 
@@ -112,6 +124,29 @@ typedef void (*api_write_cb)(api_server *s, const api_write_result *r, void *arg
  * published before cb runs, so a read right after sees the write.  Returns 0
  * (cb will run exactly once) or an error (cb never runs). */
 int api_write(api_server *s, json_t *ops, json_t *outbox, api_write_cb cb, void *arg);
+
+/* ---- durable writes (api_durable.c) ---------------------------------------- */
+
+/* For a write method (not GET/HEAD/OPTIONS): 1 when the request carries
+ * X-Durable: true (or 1), 0 when it has no X-Durable header, -1 when one has
+ * any other value (answer 400).  Reads: always 0. */
+int api_durable_requested(const sp_http_req *req);
+/* Before writing: 0 when a durable write can be accepted now, else the
+ * HTTP status to refuse it with (409: the region has no peers; 503: too
+ * many waiting, or shutting down) and the reason in why. */
+int api_durable_admit(api_server *s, char *why, size_t len);
+/* Holds the 2xx answer of a committed durable write (status, headers and
+ * body are copied) until a peer region acknowledged this region's sequence
+ * `seq` (0: the highest one merged so far), or the durable timeout passes
+ * (504), or the process stops (503).  `id` (may be NULL) names the
+ * resource in those error bodies.  Consumes req in every case. */
+void api_durable_hold(api_server *s, sp_http_req *req, int status, const sp_http_header *h,
+                      size_t nh, const char *body, size_t len, uint64_t seq, const char *id);
+/* Subscribes to the acks channel, registers the metrics, hooks SIGTERM and
+ * SIGINT (answering waiters at once); after api_cache_start.  0 or SP_ERR_*. */
+int api_durable_start(api_server *s);
+/* Answers what still waits and closes the handles (from the shutdown). */
+void api_durable_stop(api_server *s);
 
 /* ---- the process ------------------------------------------------------------ */
 
@@ -132,6 +167,8 @@ struct api_server {
   int64_t clock_offset_ms; /* test clock: added to wall time (--test-clock) */
   int test_clock;          /* 1 when the test clock endpoint is enabled */
   char changes_channel[128]; /* Redis channel of this region's change events */
+  char acks_channel[128];    /* Redis channel of peers' persisted acks (api_durable.c) */
+  uint64_t durable_timeout_ms; /* how long a durable write waits (--durable-timeout-ms) */
 };
 
 /* Wall time in ms, with the test clock's offset. */

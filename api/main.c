@@ -1,7 +1,7 @@
 /* statusd-api: the status-page API process of one region.
  *
  *   statusd-api [--topology FILE] --region NAME [--test-clock]
- *               [--rate-limit RPS:BURST] [serve]
+ *               [--rate-limit RPS:BURST] [--durable-timeout-ms MS] [serve]
  *   statusd-api [--topology FILE] --region NAME migrate
  *   statusd-api [--topology FILE] --region NAME create-admin-key [--name NAME]
  *               [--key KEY]
@@ -10,9 +10,12 @@
  * state from PostgreSQL into the cache, and serves HTTP on the region's
  * address and API port until SIGTERM/SIGINT (graceful: in-flight requests
  * finish).  --rate-limit (or $SP_RATE_LIMIT) sets the management API's
- * per-key token bucket (default 10:100, see api/auth.h).  create-admin-key makes an organisation admin key and prints it
- * once: the bootstrap step that needs no database console.  --key KEY uses
- * the given key (20-100 characters of [A-Za-z0-9_-]) instead of a random
+ * per-key token bucket (default 10:100, see api/auth.h).  --durable-timeout-ms
+ * (or $SP_DURABLE_TIMEOUT_MS, 1-600000, default 5000) bounds how long an
+ * X-Durable write waits for another region (api_durable.c).
+ * create-admin-key makes an organisation admin key and prints it once: the
+ * bootstrap step that needs no database console.  --key KEY uses the given
+ * key (20-100 characters of [A-Za-z0-9_-]) instead of a random
  * one, so a deployment tool can record the key before it exists.
  *
  * The one per-process struct is `g_api` (api/internal.h), set up here.
@@ -22,6 +25,7 @@
 #include "render.h"
 #include "routes.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -40,8 +44,8 @@ static api_server g_api;
 
 static void usage(FILE *f) {
   fprintf(f, "usage: statusd-api [--topology FILE] --region NAME [--test-clock] "
-             "[--rate-limit RPS:BURST] [serve | migrate | create-admin-key [--name NAME] "
-             "[--key KEY]]\n");
+             "[--rate-limit RPS:BURST] [--durable-timeout-ms MS] [serve | migrate | "
+             "create-admin-key [--name NAME] [--key KEY]]\n");
 }
 
 /* The directory of SQL migrations: $SP_SQL_DIR, else lib/sql beside the
@@ -178,6 +182,7 @@ static void on_shutdown(sp_http_server *srv, void *arg) {
   (void)srv;
   sp_log_info("shutting down", NULL);
   api_ops_stop(s);
+  api_durable_stop(s);
   api_cache_stop(s);
   if (s->redis)
     sp_redis_close(s->redis, NULL, NULL);
@@ -191,9 +196,7 @@ static int serve(api_server *s) {
   int rc = do_migrate(s->region);
   if (rc)
     return 1;
-  /* incident updates are a grow-only set, read per incident by index */
-  if (crdt_doc_new(NULL, &s->doc) || crdt_doc_grow_only(s->doc, API_T_UPDATE) ||
-      crdt_doc_index(s->doc, API_T_UPDATE, "incident_id"))
+  if (api_cache_doc_new(&s->doc))
     return 1;
   rc = api_cache_load(s, ci, err, sizeof err);
   if (rc) {
@@ -255,7 +258,7 @@ static int serve(api_server *s) {
                  s->region->api.port, "error", sp_strerror(rc));
     return 1;
   }
-  if (api_cache_start(s) || api_ops_start(s))
+  if (api_cache_start(s) || api_durable_start(s) || api_ops_start(s))
     return 1;
   sp_http_server_handle_signals(s->http, on_shutdown, s);
   sp_log_info("listening", "{s:s,s:i,s:i}", "address", s->region->address, "port",
@@ -277,6 +280,7 @@ int main(int argc, char **argv) {
   const char *key_name = NULL;
   const char *given_key = NULL;
   const char *rate_limit = getenv("SP_RATE_LIMIT");
+  const char *durable_timeout = getenv("SP_DURABLE_TIMEOUT_MS");
   int test_clock = 0;
   static const struct option opts[] = {{"topology", required_argument, NULL, 't'},
                                        {"region", required_argument, NULL, 'r'},
@@ -284,6 +288,7 @@ int main(int argc, char **argv) {
                                        {"key", required_argument, NULL, 'k'},
                                        {"test-clock", no_argument, NULL, 'C'},
                                        {"rate-limit", required_argument, NULL, 'L'},
+                                       {"durable-timeout-ms", required_argument, NULL, 'D'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   int c;
@@ -295,6 +300,7 @@ int main(int argc, char **argv) {
     case 'k': given_key = optarg; break;
     case 'C': test_clock = 1; break;
     case 'L': rate_limit = optarg; break;
+    case 'D': durable_timeout = optarg; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -328,6 +334,18 @@ int main(int argc, char **argv) {
     }
     api_auth_configure(rps, burst, 0);
   }
+  unsigned long long durable_ms = 5000;
+  if (durable_timeout && *durable_timeout) {
+    char *end;
+    errno = 0;
+    durable_ms = strtoull(durable_timeout, &end, 10);
+    if (errno || *end || durable_timeout[0] == '-' || durable_ms < 1 || durable_ms > 600000) {
+      fprintf(stderr,
+              "statusd-api: --durable-timeout-ms: expected milliseconds 1-600000, got '%s'\n",
+              durable_timeout);
+      return 2;
+    }
+  }
   if (topo_path == NULL)
     topo_path = "config/topology.local.json";
   if (region == NULL) {
@@ -351,6 +369,7 @@ int main(int argc, char **argv) {
   }
   s->region_id = (int)s->region->index;
   s->test_clock = test_clock;
+  s->durable_timeout_ms = durable_ms;
   crdt_idgen_init(&s->ids, (crdt_region)s->region_id);
   sp_log_init("statusd-api", s->region->name, topo->log_level_name);
 

@@ -15,6 +15,11 @@
  * owns the parsed body, `keep`, and a pool for views (model.h) that is
  * released at the answer.  After a function here answers, the ctx is gone:
  * the caller returns at once.
+ *
+ * Durable writes (X-Durable: true, api_durable.c): mg_begin checks the
+ * header and refuses what cannot be confirmed before anything is written;
+ * the 2xx answer of such a request is handed to api_durable_hold instead of
+ * being sent, after the lane and the ctx are released as usual.
  */
 #ifndef API_MANAGE_H
 #define API_MANAGE_H
@@ -117,6 +122,8 @@ struct mg_ctx {
   int err_status; /* recorded by mg_bad */
   char err_msg[320];
   char err_field[96];
+  int durable;          /* X-Durable: true on a write (api_durable.c) */
+  uint64_t durable_seq; /* highest sequence number this request wrote */
 };
 
 /* Starts a management request: answers it (and returns NULL) when it is

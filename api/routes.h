@@ -25,6 +25,8 @@ void api_metrics_request(api_server *s, const char *method, const char *route, i
 void api_metrics_cache_hit(int kind, int not_modified);
 /* Counts one request refused by the rate limit (api_auth.c calls it). */
 void api_metrics_rate_limited(api_server *s);
+/* Counts n tombstones collected from the cache's document (api_cache.c). */
+void api_metrics_tombstones_collected(api_server *s, uint64_t n);
 /* Starts the maintenance auto-transition timer; api_ops_stop closes it. */
 int api_ops_start(api_server *s);
 void api_ops_stop(api_server *s);

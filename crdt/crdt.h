@@ -262,6 +262,13 @@ int crdt_doc_export(const crdt_doc *doc, crdt_delta *out);
  * dropped.  Returns the number collected (>= 0) or SP_ERR_INVAL. */
 int crdt_doc_gc(crdt_doc *doc, const crdt_vclock *acks, size_t n, crdt_changed_cb cb,
                 void *arg);
+/* Declares that tombstones of `type` are never collected: for types whose
+ * ids are chosen rather than generated (a page id a user picks, a claim
+ * keyed by a domain name), so the same id can be created again.  A create
+ * (causal length 1) made after one replica collected the tombstone would
+ * lose to the tombstone on a replica that has not collected it yet.
+ * Declare the same types on every replica.  0, SP_ERR_INVAL, SP_ERR_NOMEM. */
+int crdt_doc_gc_keep(crdt_doc *doc, const char *type);
 
 /* ---- digests --------------------------------------------------------------- */
 #define CRDT_DIGEST_LEN 32

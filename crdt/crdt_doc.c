@@ -155,36 +155,51 @@ void crdt_doc_free(crdt_doc *doc) {
   for (size_t i = 0; i < doc->ngrow; i++)
     crdt__free(a, doc->grow_only[i]);
   crdt__free(a, doc->grow_only);
+  for (size_t i = 0; i < doc->nkeep; i++)
+    crdt__free(a, doc->gc_keep[i]);
+  crdt__free(a, doc->gc_keep);
   crdt__free(a, doc->etab);
   crdt__free(a, doc->ptab);
   crdt__free(a, doc);
 }
 
-int crdt_doc_grow_only(crdt_doc *doc, const char *type) {
-  size_t n;
-  int rc = crdt__check_name(type, &n);
-  if (rc)
-    return rc;
-  for (size_t i = 0; i < doc->ngrow; i++)
-    if (strcmp(doc->grow_only[i], type) == 0)
-      return 0;
-  char **g = crdt__realloc(doc->a, doc->grow_only, (doc->ngrow + 1) * sizeof *g);
-  if (g == NULL)
-    return SP_ERR_NOMEM;
-  doc->grow_only = g;
-  char *s = crdt__malloc(doc->a, n + 1);
-  if (s == NULL)
-    return SP_ERR_NOMEM;
-  memcpy(s, type, n + 1);
-  g[doc->ngrow++] = s;
+/* A small set of type names (declarations are few and made at start-up). */
+static int type_set_has(char *const *set, size_t n, const char *type) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(set[i], type) == 0)
+      return 1;
   return 0;
 }
 
-static int is_grow_only(const crdt_doc *doc, const char *type) {
-  for (size_t i = 0; i < doc->ngrow; i++)
-    if (strcmp(doc->grow_only[i], type) == 0)
-      return 1;
+static int type_set_add(const crdt_allocator *a, char ***set, size_t *n, const char *type) {
+  size_t len;
+  int rc = crdt__check_name(type, &len);
+  if (rc)
+    return rc;
+  if (type_set_has(*set, *n, type))
+    return 0;
+  char **g = crdt__realloc(a, *set, (*n + 1) * sizeof *g);
+  if (g == NULL)
+    return SP_ERR_NOMEM;
+  *set = g;
+  char *s = crdt__malloc(a, len + 1);
+  if (s == NULL)
+    return SP_ERR_NOMEM;
+  memcpy(s, type, len + 1);
+  g[(*n)++] = s;
   return 0;
+}
+
+int crdt_doc_grow_only(crdt_doc *doc, const char *type) {
+  return type_set_add(doc->a, &doc->grow_only, &doc->ngrow, type);
+}
+
+int crdt_doc_gc_keep(crdt_doc *doc, const char *type) {
+  return type_set_add(doc->a, &doc->gc_keep, &doc->nkeep, type);
+}
+
+static int is_grow_only(const crdt_doc *doc, const char *type) {
+  return type_set_has(doc->grow_only, doc->ngrow, type);
 }
 
 /* ---- creating and removing entities -------------------------------------- */
@@ -617,7 +632,8 @@ int crdt_doc_gc(crdt_doc *doc, const crdt_vclock *acks, size_t n, crdt_changed_c
   for (size_t i = 0; i < doc->ecap; i++) {
     entity *e = doc->etab[i];
     /* a pure tombstone: deleted, and no fields of a coming re-create */
-    if (e == NULL || e->cl == 0 || (e->cl & 1u) || e->nfields)
+    if (e == NULL || e->cl == 0 || (e->cl & 1u) || e->nfields ||
+        type_set_has(doc->gc_keep, doc->nkeep, e->type))
       continue;
     if (e->barrier && e->nbarrier != n) {
       crdt__free(doc->a, e->barrier); /* membership changed: start over */

@@ -70,6 +70,8 @@ struct crdt_doc {
   size_t pcap, pcount;
   char **grow_only;
   size_t ngrow;
+  char **gc_keep; /* types whose tombstones are never collected */
+  size_t nkeep;
   int root_ok;
   uint8_t root[CRDT_DIGEST_LEN];
 };

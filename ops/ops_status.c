@@ -3,9 +3,9 @@
  * /ready of statusd-api) and per-peer replication lag.
  *
  * Lag comes from statusd-replicad's /metrics (https on the replication
- * port, with the region's own certificate, as a peer would connect): every
- * sample whose metric name contains "lag" and that carries a peer="..."
- * label, in milliseconds.  Until the daemon is built the lag reads
+ * port, with the region's own certificate, as a peer would connect): the
+ * samples of LAG_METRIC (seconds, one per peer="..." label), shown in
+ * milliseconds.  Until the daemon is built the lag reads
  * "n/a (replicad not built)".
  *
  * Exit status: 0 when every process that exists is up and every API is
@@ -14,14 +14,16 @@
 #include "ops.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define METRICS_MAX (8u << 20)
+#define LAG_METRIC "sp_repl_lag_seconds"
 
-/* Adds {peer: value} to `lag` for each lag sample of a Prometheus text
- * body. */
+/* Adds {peer: milliseconds} to `lag` for each LAG_METRIC sample of a
+ * Prometheus text body. */
 static void parse_lag(const char *text, json_t *lag) {
   for (const char *line = text; line && *line;) {
     const char *nl = strchr(line, '\n');
@@ -39,9 +41,9 @@ static void parse_lag(const char *text, json_t *lag) {
         char *q = strchr(peer, '"');
         char *end;
         double v = strtod(close + 1, &end);
-        if (q && q < close && end != close + 1 && strstr(buf, "lag")) {
+        if (q && q < close && end != close + 1 && strcmp(buf, LAG_METRIC) == 0) {
           *q = '\0';
-          json_object_set_new(lag, peer, json_real(v));
+          json_object_set_new(lag, peer, json_real(round(v * 1000.0))); /* whole ms */
         }
       }
     }

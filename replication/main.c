@@ -16,17 +16,23 @@
  * sender, and reconnects dead peers with exponential backoff and jitter.
  * Received batches are applied one at a time (applies of one region must be
  * serialised: two peers may relay the same change), each as one
- * `SELECT sp_apply_remote($1::jsonb, $2::smallint)` (one transaction), then
- * the ack carries the vector re-read after the commit.
+ * one statement, `sp_apply_remote_vector($1::jsonb, $2::smallint)`
+ * (lib/sql/0007: sp_apply_remote, then the vector read in the same
+ * transaction), and the ack carries that vector.
  *
  * After an apply commits, the applied changes are published as one crdt
  * delta (binary encoding) on the region's Redis channel
  * sp:<cluster>:<region>:changes, so statusd-api merges them at once instead
  * of at its next change-log poll; best effort, like statusd-api's own.
  *
- * Also served on the same h2 server: GET /health, /ready and /metrics
- * (Prometheus text; per-peer lag in ms = age of the oldest local change the
- * peer has not acknowledged).
+ * Also served on the same h2 server: GET /health, /ready and /metrics.
+ * Metrics live in replication/repl_metrics.c on the shared registry: the
+ * tallies here (peer fields, the sessions' repl_stats, the `g` counters)
+ * are mirrored into it per request by on_metrics, and the per-batch
+ * histograms are fed where batches are sent (send_batch) and applied
+ * (on_applied).  Per-peer lag (sp_repl_lag_seconds) is the age of the
+ * oldest local change the peer has not acknowledged, read from
+ * sp_change_log every LAG_MS (update_lag).
  *
  * Repair paths (lib/sql/0005_repl_repair.sql):
  *   - relay: rows of a third region's origin go to a peer that has been
@@ -35,17 +41,34 @@
  *     What a peer has is learnt from its acks and from the sender vector
  *     of its own batches (learn_peer_vector);
  *   - acks: each peer's acknowledged vector is upserted into sp_peer_ack
- *     when it changes; every TRIM_MS sp_trim_log deletes the change-log
- *     rows every peer acknowledged and that are older than the retention
+ *     when it changes (and, once committed, {"peer","origin","seq"} for our
+ *     own origin is published on sp:<cluster>:<region>:acks, which releases
+ *     statusd-api's durable writes); every TRIM_MS sp_trim_log deletes the
+ *     change-log rows every peer acknowledged and that are older than the retention
  *     (--log-retention-ms or SP_REPL_LOG_RETENTION_MS, default 1 h), and
  *     raises sp_log_floor.  A peer whose send cursor is below the floor
  *     makes the source answer SP_ERR_RANGE, which puts the session in
  *     snapshot mode;
+ *   - giving up: so that a region that never comes back cannot make the
+ *     log grow forever, the same call (sp_trim_log_max, lib/sql/0009) also
+ *     deletes rows logged longer ago than the maximum retention
+ *     (--max-log-retention-ms or SP_REPL_MAX_LOG_RETENTION_MS, default
+ *     24 h, >= the retention) whatever the acks say, once the daemon has
+ *     run for GIVE_UP_GRACE_MS (its persisted acks may be stale at start).
+ *     A peer that had not acknowledged them is "given up on": a warning,
+ *     sp_repl_peer_given_up{,_total}; it catches up by snapshot and is back
+ *     once it acknowledges the floor (check_given_up);
  *   - snapshots: in snapshot mode the chunks are read from sp_entity and
- *     sp_field (SNAP_ENTITIES entities with their fields, after the vector)
- *     and POSTed to /repl/v1/snapshot; received chunks are merged with
+ *     sp_field (whole entities after the cursor, at most SNAP_ENTITIES and
+ *     SNAP_MAX_BYTES; an entity larger than that is split at its fields;
+ *     see "sending a snapshot") and POSTed to /repl/v1/snapshot; received
+ *     chunks are merged with
  *     sp_apply_snapshot (crdt/'s rules, no change-log rows), which on the
- *     last chunk adopts the vector as a pointwise max and raises the floor.
+ *     last chunk adopts the vector as a pointwise max and raises the floor
+ *     (rows we have applied already are skipped, lib/sql/0008);
+ *   - tombstones: every TRIM_MS sp_gc_tombstones_local (lib/sql/0008)
+ *     deletes the tombstones that are stable (crdt/DESIGN.md): every region
+ *     acknowledged the delete and every write made before seeing it.
  * A field whose entity row is missing (never the case for rows written
  * through sp_write) is not carried by a snapshot.
  *
@@ -56,7 +79,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +89,7 @@
 #include "crdt.h"
 #include "internal.h"
 #include "repl.h"
+#include "repl_metrics.h"
 #include "sp_alloc.h"
 #include "sp_buf.h"
 #include "sp_err.h"
@@ -86,10 +109,16 @@
 #define WINDOW 2
 #define LOAD_LIMIT "3000" /* >= WINDOW * MAX_CHANGES + one batch */
 #define RELAY_LAG_MS 500     /* a peer this far behind us for an origin gets it relayed */
-#define SNAP_ENTITIES 100 /* per chunk, with all their fields */
+#define SNAP_ENTITIES 100 /* per chunk at most, with all their fields */
 #define SNAP_ENTITIES_S "100"
+/* per chunk: the changes' encoded bytes, leaving room for the envelope
+ * (two cursors, a vector) so a body stays within the batch bound */
+#define SNAP_MAX_BYTES (REPL_DEFAULT_MAX_BYTES - 8192)
+#define SNAP_MAX_BYTES_S "1040384"
 #define TRIM_MS 1000         /* how often the change log is trimmed */
 #define RETENTION_MS 3600000 /* default floor: rows younger than this stay */
+#define MAX_RETENTION_MS 86400000 /* default: older rows go even if a peer lacks them */
+#define GIVE_UP_GRACE_MS 10000    /* after start, before any peer is given up on */
 #define CT_PROTO "application/x-protobuf"
 
 typedef struct peer {
@@ -103,9 +132,10 @@ typedef struct peer {
   uint64_t backoff_ms, next_attempt_ms;
   crdt_delta *rows; /* loaded change-log rows (the repl_source) */
   size_t pos;
-  /* metrics */
-  uint64_t reconnects, applied, sent_bytes, last_contact_ms, lag_ms;
+  /* metrics (repl_metrics mirrors these) */
+  uint64_t reconnects, applied, sent_bytes, received_bytes, last_contact_ms, lag_ms;
   int lag_query;
+  repl_stats in_done; /* stats of the `in` sessions replaced so far */
   /* relay: since when the peer is behind us for each origin (0: not) */
   uint64_t behind_since[CRDT_MAX_REGIONS];
   uint64_t relay_mask;     /* origins other than ours relayed to it now */
@@ -113,6 +143,13 @@ typedef struct peer {
   /* the acked vector as last written to sp_peer_ack */
   crdt_vclock persisted;
   int have_persisted, persisting;
+  /* max retention: rows it had not acknowledged were trimmed (until it
+   * acknowledges the floor again, after a snapshot) */
+  int given_up;
+  uint64_t give_ups;
+  /* snapshot chunks sent to it: largest body; entities split over chunks;
+   * rows left out because no peer would decode them */
+  uint64_t snap_max_bytes, snap_split, snap_skipped;
 } peer;
 
 typedef struct apply_job apply_job;
@@ -122,6 +159,7 @@ struct apply_job {
   peer *p;
   repl_msg m;
   repl_apply a;
+  uint64_t apply_ns; /* uv_hrtime() when the apply query went out */
 };
 
 static struct {
@@ -136,6 +174,7 @@ static struct {
   sp_pg_pool *pg;
   sp_redis *redis;
   char channel[2 * REPL_MAX_ID + 16];
+  char acks_channel[2 * REPL_MAX_ID + 16]; /* persisted acks, for durable writes */
   peer *peers;
   size_t npeers;
   crdt_vclock applied; /* last read from sp_vclock */
@@ -148,7 +187,12 @@ static struct {
   crdt_vclock floor;
   int have_floor, trimming;
   uint64_t retention_ms, last_trim_ms, trimmed_rows, trim_runs;
+  uint64_t max_retention_ms, started_ms;
   uint64_t snapshot_chunks_in;
+  /* tombstone collection (lib/sql/0008), on the trimming period */
+  int collecting;
+  uint64_t last_gc_ms, tombstones_collected;
+  repl_metrics *metrics;
 } g;
 
 static uint64_t now_ms(void) {
@@ -171,6 +215,20 @@ static void vector_from(const PGresult *res, crdt_vclock *v) {
     long o = atol(PQgetvalue(res, i, 0));
     if (o >= 0 && o < CRDT_MAX_REGIONS)
       v->seq[o] = strtoull(PQgetvalue(res, i, 1), NULL, 10);
+  }
+}
+
+/* Raises v pointwise to the (origin, seq) rows of res, read from column
+ * `col` on (a NULL origin is skipped).  sp_vclock never goes back, so a
+ * poll answered after an apply's own answer cannot lower g.applied. */
+static void vector_raise(const PGresult *res, int col, crdt_vclock *v) {
+  for (int i = 0; i < PQntuples(res); i++) {
+    if (PQgetisnull(res, i, col))
+      continue;
+    long o = atol(PQgetvalue(res, i, col));
+    uint64_t s = strtoull(PQgetvalue(res, i, col + 1), NULL, 10);
+    if (o >= 0 && o < CRDT_MAX_REGIONS && s > v->seq[o])
+      v->seq[o] = s;
   }
 }
 
@@ -291,7 +349,13 @@ static void send_batch(peer *p) {
   sp_buf out;
   sp_buf_init(&out, REPL_MAX_MESSAGE);
   repl_source src = {src_rewind, src_next, p};
+  repl_stats before, after;
+  repl_session_stats(p->out, &before);
   int rc = repl_session_send(p->out, &src, now_ms(), &out);
+  repl_session_stats(p->out, &after);
+  if (after.batches_sent > before.batches_sent) /* a new batch, not a resend */
+    repl_metrics_batch_sent(g.metrics, (size_t)(p - g.peers),
+                            after.changes_sent - before.changes_sent);
   if (rc == 0)
     post(p, "/repl/v1/batch", &out, on_ack);
   else if (rc != SP_ERR_AGAIN)
@@ -337,10 +401,69 @@ static void on_rows(int status, const PGresult *res, void *arg) {
 }
 
 /* ---- sending a snapshot ------------------------------------------------------
- * A chunk is SNAP_ENTITIES entities (key order) with all their fields, read
- * after the vector it carries (so the vector covers no change the rows
- * lack).  The cursor is the last entity's key, "page\0type\0id" (names
- * hold no NUL). */
+ * A chunk is whole entities (key order) with all their fields, read after
+ * the vector it carries (so the vector covers no change the rows lack): at
+ * most SNAP_ENTITIES of them and SNAP_MAX_BYTES of encoded changes, so a
+ * body stays within the batch bound and far from REPL_MAX_MESSAGE and the
+ * HTTP/2 body limit whatever the fields hold.  An entity larger than that
+ * on its own is split at its fields over as many chunks as it needs (every
+ * change fits: values are at most CRDT_MAX_VALUE), so no entity can wedge
+ * the snapshot; a row no peer would decode (a name or value over crdt/'s
+ * limits, written around sp_write) is left out with an error and a metric.
+ * The cursor is where the chunk ended: after a whole entity its key,
+ * "page\0type\0id" (names hold no NUL), inside a split one
+ * "page\0type\0id\0field" (the last field sent; "" after the entity row).
+ * The receiver only compares cursors as bytes. */
+
+_Static_assert(SNAP_MAX_BYTES == 1040384, "SNAP_MAX_BYTES_S must spell SNAP_MAX_BYTES");
+
+/* Row i of the chunk query (k, page, type, id, field, value, cl, hlc,
+ * region, origin, seq, complete) as a change borrowing from res. */
+static void snap_change(const PGresult *res, int i, crdt_change *c) {
+  memset(c, 0, sizeof *c);
+  c->kind = atoi(PQgetvalue(res, i, 0)) == 1 ? CRDT_FIELD : CRDT_EXIST;
+  c->page = PQgetvalue(res, i, 1);
+  c->type = PQgetvalue(res, i, 2);
+  c->id = PQgetvalue(res, i, 3);
+  if (c->kind == CRDT_FIELD) {
+    c->field = PQgetvalue(res, i, 4);
+    c->value_null = PQgetisnull(res, i, 5);
+    c->value = c->value_null ? NULL : (const uint8_t *)PQgetvalue(res, i, 5);
+    c->value_len = c->value_null ? 0 : (size_t)PQgetlength(res, i, 5);
+  }
+  c->cl = (uint32_t)strtoul(PQgetvalue(res, i, 6), NULL, 10);
+  c->stamp.hlc = strtoull(PQgetvalue(res, i, 7), NULL, 10);
+  c->stamp.region = (crdt_region)atoi(PQgetvalue(res, i, 8));
+  c->origin = (crdt_region)atoi(PQgetvalue(res, i, 9));
+  c->seq = strtoull(PQgetvalue(res, i, 10), NULL, 10);
+}
+
+static int snap_same_entity(const PGresult *res, int i, int j) {
+  for (int col = 1; col <= 3; col++)
+    if (strcmp(PQgetvalue(res, i, col), PQgetvalue(res, j, col)) != 0)
+      return 0;
+  return 1;
+}
+
+/* The cursor after row i into out[REPL_MAX_CURSOR]: the entity's key when
+ * i is its last row (the query returns whole entities), else the key and
+ * the field.  0, or SP_ERR_TOOBIG for a key too long to be a cursor. */
+static int snap_cursor(const PGresult *res, int i, uint8_t *out, size_t *len) {
+  int whole = i + 1 == PQntuples(res) || !snap_same_entity(res, i, i + 1);
+  size_t n = 0;
+  for (int col = 1; col <= (whole ? 3 : 4); col++) {
+    const char *v = col == 4 && PQgetisnull(res, i, 4) ? "" : PQgetvalue(res, i, col);
+    size_t l = strlen(v);
+    if (n + (col > 1) + l > REPL_MAX_CURSOR)
+      return SP_ERR_TOOBIG;
+    if (col > 1)
+      out[n++] = '\0';
+    memcpy(out + n, v, l);
+    n += l;
+  }
+  *len = n;
+  return 0;
+}
 
 static void on_snap_rows(int status, const PGresult *res, void *arg) {
   peer *p = arg;
@@ -353,50 +476,70 @@ static void on_snap_rows(int status, const PGresult *res, void *arg) {
   if (p->cli == NULL || p->dead || repl_session_state(p->out) != REPL_STATE_ESTABLISHED)
     return;
   crdt_delta_clear(p->rows);
-  int entities = 0, rc = 0;
+  int n = PQntuples(res), entities = 0, rows = 0, cut = 0, rc = 0;
+  /* the query stopped for no bound: nothing after its last entity */
+  int complete = n == 0 || PQgetvalue(res, 0, 11)[0] == 't';
+  size_t bytes = 0;
   uint8_t next[REPL_MAX_CURSOR];
   size_t next_len = 0;
-  for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
-    crdt_change c = {0};
-    c.kind = atoi(PQgetvalue(res, i, 0)) == 1 ? CRDT_FIELD : CRDT_EXIST;
-    c.page = PQgetvalue(res, i, 1);
-    c.type = PQgetvalue(res, i, 2);
-    c.id = PQgetvalue(res, i, 3);
-    if (c.kind == CRDT_FIELD) {
-      c.field = PQgetvalue(res, i, 4);
-      c.value_null = PQgetisnull(res, i, 5);
-      c.value = c.value_null ? NULL : (const uint8_t *)PQgetvalue(res, i, 5);
-      c.value_len = c.value_null ? 0 : (size_t)PQgetlength(res, i, 5);
-    } else {
-      entities++;
-      size_t lp = strlen(c.page), lt = strlen(c.type), li = strlen(c.id);
-      if (lp + lt + li + 2 > sizeof next) {
-        rc = SP_ERR_TOOBIG;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    crdt_change c;
+    snap_change(res, i, &c);
+    size_t size = repl_msg_change_size(&c);
+    if (c.kind == CRDT_EXIST) {
+      size_t esize = size;
+      for (int j = i + 1; j < n && atoi(PQgetvalue(res, j, 0)) == 1 && snap_same_entity(res, i, j);
+           j++) {
+        crdt_change f;
+        snap_change(res, j, &f);
+        esize += repl_msg_change_size(&f);
+      }
+      if (esize <= SNAP_MAX_BYTES && rows > 0 && bytes + esize > SNAP_MAX_BYTES) {
+        cut = 1; /* whole in the next chunk */
         break;
       }
-      memcpy(next, c.page, lp + 1);
-      memcpy(next + lp + 1, c.type, lt + 1);
-      memcpy(next + lp + lt + 2, c.id, li);
-      next_len = lp + lt + 2 + li;
+      if (esize > SNAP_MAX_BYTES) {
+        p->snap_split++;
+        sp_log_warn("snapshot entity larger than a chunk: split over several",
+                    "{s:s,s:s,s:s,s:s,s:I}", "peer", p->r->name, "page", c.page, "type", c.type,
+                    "id", c.id, "bytes", (json_int_t)esize);
+      }
+      entities++;
     }
-    c.cl = (uint32_t)strtoul(PQgetvalue(res, i, 6), NULL, 10);
-    c.stamp.hlc = strtoull(PQgetvalue(res, i, 7), NULL, 10);
-    c.stamp.region = (crdt_region)atoi(PQgetvalue(res, i, 8));
-    c.origin = (crdt_region)atoi(PQgetvalue(res, i, 9));
-    c.seq = strtoull(PQgetvalue(res, i, 10), NULL, 10);
-    rc = crdt_delta_add(p->rows, &c);
+    if (rows > 0 && bytes + size > SNAP_MAX_BYTES) {
+      cut = 1; /* inside a split entity */
+      break;
+    }
+    int arc = crdt_delta_add(p->rows, &c);
+    if (arc == SP_ERR_NOMEM) {
+      rc = arc;
+      break;
+    }
+    if (arc) {
+      p->snap_skipped++;
+      sp_log_error("snapshot row left out: no peer would decode it", "{s:s,s:s,s:s,s:s,s:s,s:s}",
+                   "peer", p->r->name, "page", c.page, "type", c.type, "id", c.id, "field",
+                   c.field ? c.field : "", "error", sp_strerror(arc));
+    } else {
+      bytes += size;
+      rows++;
+    }
+    rc = snap_cursor(res, i, next, &next_len);
   }
   sp_buf out;
   sp_buf_init(&out, REPL_MAX_MESSAGE);
-  int last = entities < SNAP_ENTITIES;
+  int last = complete && !cut;
   if (rc == 0)
     rc = repl_session_snapshot_chunk(p->out, p->rows, next, next_len, last, &p->snap_vector,
                                      now_ms(), &out);
   if (rc == 0) {
     if (post(p, "/repl/v1/snapshot", &out, on_ack) == 0) {
       p->snap_chunks++;
-      sp_log_info("snapshot chunk sent", "{s:s,s:i,s:b,s:I}", "peer", p->r->name, "entities",
-                  entities, "last", last, "chunks", (json_int_t)p->snap_chunks);
+      if (out.len > p->snap_max_bytes)
+        p->snap_max_bytes = out.len;
+      sp_log_info("snapshot chunk sent", "{s:s,s:i,s:i,s:I,s:b,s:I}", "peer", p->r->name,
+                  "entities", entities, "changes", rows, "bytes", (json_int_t)out.len, "last",
+                  last, "chunks", (json_int_t)p->snap_chunks);
     }
   } else if (rc != SP_ERR_AGAIN) {
     sp_log_error("cannot build a snapshot chunk", "{s:s,s:s}", "peer", p->r->name, "error",
@@ -405,6 +548,38 @@ static void on_snap_rows(int status, const PGresult *res, void *arg) {
   }
   sp_buf_release(&out);
 }
+
+/* The chunk query.  $1..$3: the cursor's key ("" sorts before every key);
+ * $4: its field, or NULL after a whole entity.  Rows: the rest of a split
+ * entity's fields (c), then whole entities (k) taken from the next
+ * SNAP_ENTITIES while the bytes before them, estimated from the column
+ * lengths (no detoasting), stay under SNAP_MAX_BYTES, so a chunk of large
+ * entities does not load a hundred of them; on_snap_rows cuts exactly.
+ * `complete`: no entity after these. */
+#define SNAP_ROW_BYTES(t) \
+  "octet_length(" t "page_id) + octet_length(" t "type) + octet_length(" t "id) + 48"
+static const char snap_query[] =
+    "WITH c AS (SELECT 1 AS k, page_id, type, id, field, value, cl, hlc, region, origin, seq "
+    "FROM sp_field WHERE $4::text IS NOT NULL AND (page_id, type, id) = ($1, $2, $3) "
+    "AND field > $4), "
+    "e AS (SELECT page_id, type, id, cl, hlc, region, origin, seq FROM sp_entity "
+    "WHERE (page_id, type, id) > ($1, $2, $3) "
+    "ORDER BY page_id, type, id LIMIT " SNAP_ENTITIES_S "), "
+    "s AS (SELECT e.*, " SNAP_ROW_BYTES("e.") " + coalesce((SELECT sum(" SNAP_ROW_BYTES("f.")
+    " + octet_length(f.field) + coalesce(octet_length(f.value), 0)) FROM sp_field f "
+    "WHERE (f.page_id, f.type, f.id) = (e.page_id, e.type, e.id)), 0) AS bytes FROM e), "
+    "w AS (SELECT s.*, sum(bytes) OVER (ORDER BY page_id, type, id) - bytes + "
+    "(SELECT coalesce(sum(" SNAP_ROW_BYTES("") " + octet_length(field) + "
+    "coalesce(octet_length(value), 0)), 0) FROM c) AS before FROM s), "
+    "k AS (SELECT * FROM w WHERE before < " SNAP_MAX_BYTES_S "), "
+    "r AS (SELECT * FROM c UNION ALL "
+    "SELECT 2, page_id, type, id, NULL, NULL, cl, hlc, region, origin, seq FROM k UNION ALL "
+    "SELECT 1, f.page_id, f.type, f.id, f.field, f.value, f.cl, f.hlc, f.region, f.origin, f.seq "
+    "FROM sp_field f JOIN k USING (page_id, type, id)) "
+    "SELECT r.*, (SELECT count(*) FROM k) = (SELECT count(*) FROM e) AND "
+    "(SELECT count(*) FROM e) < " SNAP_ENTITIES_S " AS complete "
+    "FROM r ORDER BY 2, 3, 4, 1 DESC, 5";
+#undef SNAP_ROW_BYTES
 
 static void on_snap_vector(int status, const PGresult *res, void *arg) {
   peer *p = arg;
@@ -416,10 +591,11 @@ static void on_snap_vector(int status, const PGresult *res, void *arg) {
     return;
   }
   vector_from(res, &p->snap_vector);
-  /* "page\0type\0id" -> three parameters; "" sorts before every key */
-  char key[3][REPL_MAX_CURSOR + 1] = {"", "", ""};
+  /* "page\0type\0id[\0field]" -> four parameters (the field NULL when
+   * absent); "" sorts before every key */
+  char key[4][REPL_MAX_CURSOR + 1] = {"", "", "", ""};
   size_t part = 0, n = 0;
-  for (size_t i = 0; i < len && part < 3; i++) {
+  for (size_t i = 0; i < len && part < 4; i++) {
     if (cur[i] == '\0') {
       key[part++][n] = '\0';
       n = 0;
@@ -427,19 +603,10 @@ static void on_snap_vector(int status, const PGresult *res, void *arg) {
       key[part][n++] = (char)cur[i];
     }
   }
-  if (part < 3)
+  if (part < 4)
     key[part][n] = '\0';
-  const char *vals[] = {key[0], key[1], key[2]};
-  if (sp_pg_query(g.pg,
-                  "WITH e AS (SELECT page_id, type, id, cl, hlc, region, origin, seq "
-                  "FROM sp_entity WHERE (page_id, type, id) > ($1, $2, $3) "
-                  "ORDER BY page_id, type, id LIMIT " SNAP_ENTITIES_S ") "
-                  "SELECT 2 AS k, page_id, type, id, NULL AS field, NULL AS value, cl, hlc, "
-                  "region, origin, seq FROM e UNION ALL "
-                  "SELECT 1, f.page_id, f.type, f.id, f.field, f.value, f.cl, f.hlc, f.region, "
-                  "f.origin, f.seq FROM sp_field f JOIN e USING (page_id, type, id) "
-                  "ORDER BY 2, 3, 4, 1 DESC, 5",
-                  3, vals, on_snap_rows, p))
+  const char *vals[] = {key[0], key[1], key[2], part >= 3 ? key[3] : NULL};
+  if (sp_pg_query(g.pg, snap_query, 4, vals, on_snap_rows, p))
     p->loading = 0;
 }
 
@@ -605,17 +772,6 @@ static void job_fail(apply_job *j, int status, const char *why) {
   run_jobs();
 }
 
-static void on_vector_after(int status, const PGresult *res, void *arg) {
-  apply_job *j = arg;
-  if (status) {
-    job_fail(j, 503, "cannot read the vector");
-    return;
-  }
-  vector_from(res, &g.applied);
-  g.have_vector = 1;
-  job_ack(j, &g.applied);
-}
-
 /* Publishes the changes of a committed apply (see the top). */
 static void publish(const repl_apply *a) {
   crdt_delta *d;
@@ -642,13 +798,17 @@ static void on_applied(int status, const PGresult *res, void *arg) {
     job_fail(j, 503, "apply failed");
     return;
   }
-  long n = atol(PQgetvalue(res, 0, 0));
+  /* sp_apply_*_vector: (applied, origin, seq) rows, the vector as committed */
+  long n = PQntuples(res) > 0 ? atol(PQgetvalue(res, 0, 0)) : 0;
+  vector_raise(res, 1, &g.applied);
+  g.have_vector = 1;
   j->p->applied += (uint64_t)n;
+  repl_metrics_applied(g.metrics, (size_t)(j->p - g.peers), (uint64_t)n,
+                       (double)(uv_hrtime() - j->apply_ns) / 1e9);
   g.applied_total += (uint64_t)n;
   if (n > 0)
     publish(&j->a);
-  if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_vector_after, j))
-    job_fail(j, 503, "database unavailable");
+  job_ack(j, &g.applied);
 }
 
 /* The changes as sp_apply_remote's JSON; NULL on failure. */
@@ -679,14 +839,8 @@ static char *changes_json(const repl_apply *a) {
   return s;
 }
 
-static void on_vector_before(int status, const PGresult *res, void *arg) {
-  apply_job *j = arg;
-  if (status) {
-    job_fail(j, 503, "cannot read the vector");
-    return;
-  }
-  vector_from(res, &g.applied);
-  g.have_vector = 1;
+/* Decides what of j is new against g.applied and applies that. */
+static void start_apply(apply_job *j) {
   int chunk = j->m.type == REPL_MSG_SNAPSHOT_CHUNK;
   int rc = chunk ? repl_session_on_snapshot_chunk(j->p->in, &j->m, &g.applied, now_ms(), &j->a)
                  : repl_session_on_batch(j->p->in, &j->m, &g.applied, now_ms(), &j->a);
@@ -718,27 +872,48 @@ static void on_vector_before(int status, const PGresult *res, void *arg) {
                              j->a.applied.seq[o]);
   snprintf(vec + nv, sizeof vec - nv, "%s}", nv ? "" : "{");
   const char *vals[] = {json, local, adopt ? vec : NULL};
+  j->apply_ns = uv_hrtime();
   if (chunk) {
     g.snapshot_chunks_in++;
     if (adopt)
       sp_log_info("snapshot adopted", "{s:s,s:s}", "peer", j->p->r->name, "vector", vec);
-    rc = sp_pg_query(g.pg, "SELECT sp_apply_snapshot($1::jsonb, $2::smallint, $3::jsonb)", 3,
-                     vals, on_applied, j);
+    rc = sp_pg_query(g.pg,
+                     "SELECT applied, origin, seq "
+                     "FROM sp_apply_snapshot_vector($1::jsonb, $2::smallint, $3::jsonb)",
+                     3, vals, on_applied, j);
   } else {
-    rc = sp_pg_query(g.pg, "SELECT sp_apply_remote($1::jsonb, $2::smallint)", 2, vals, on_applied,
-                     j);
+    rc = sp_pg_query(g.pg,
+                     "SELECT applied, origin, seq FROM sp_apply_remote_vector($1::jsonb, $2::smallint)",
+                     2, vals, on_applied, j);
   }
   free(json);
   if (rc)
     job_fail(j, 503, "database unavailable");
 }
 
+static void on_vector_before(int status, const PGresult *res, void *arg) {
+  apply_job *j = arg;
+  if (status) {
+    job_fail(j, 503, "cannot read the vector");
+    return;
+  }
+  vector_raise(res, 0, &g.applied);
+  g.have_vector = 1;
+  start_apply(j);
+}
+
+/* Applies are serialised (see the top).  Only this process moves other
+ * origins' entries of sp_vclock, and every apply returns the vector it
+ * committed, so g.applied is current for them and the vector is read first
+ * only before the first apply. */
 static void run_jobs(void) {
   if (g.applying || g.jobs == NULL)
     return;
   apply_job *j = g.jobs;
   g.applying = 1;
-  if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_vector_before, j))
+  if (g.have_vector)
+    start_apply(j);
+  else if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_vclock", 0, NULL, on_vector_before, j))
     job_fail(j, 503, "database unavailable");
 }
 
@@ -810,6 +985,9 @@ static void on_handshake_request(sp_h2_stream *st, peer *p, const sp_iov body) {
   }
   sp_buf_release(&out);
   if (rc == 0) {
+    repl_stats old;
+    repl_session_stats(p->in, &old);
+    repl_metrics_stats_add(&p->in_done, &old); /* its totals outlive it */
     repl_session_free(p->in);
     p->in = fresh;
   } else {
@@ -818,78 +996,58 @@ static void on_handshake_request(sp_h2_stream *st, peer *p, const sp_iov body) {
   p->last_contact_ms = now_ms();
 }
 
-static void metrics_line(sp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void metrics_line(sp_buf *b, const char *fmt, ...) {
-  char line[512];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  if (n > 0)
-    sp_buf_add(b, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
-}
-
+/* GET /metrics: the daemon's tallies as repl_metrics samples, rendered by
+ * the shared registry. */
 static void on_metrics(sp_h2_stream *st) {
+  repl_metrics_peer *ps = sp_calloc(g.npeers ? g.npeers : 1, sizeof *ps);
+  uint64_t floor[CRDT_MAX_REGIONS];
+  if (ps == NULL) {
+    respond_text(st, 503, "out of memory\n");
+    return;
+  }
+  for (size_t i = 0; i < g.npeers; i++) {
+    const peer *p = &g.peers[i];
+    repl_metrics_peer *s = &ps[i];
+    repl_session_stats(p->out, &s->out);
+    s->in = p->in_done;
+    repl_stats now_in;
+    repl_session_stats(p->in, &now_in);
+    repl_metrics_stats_add(&s->in, &now_in);
+    s->sent_bytes = p->sent_bytes;
+    s->received_bytes = p->received_bytes;
+    s->applied = p->applied;
+    s->reconnects = p->reconnects;
+    s->relayed = p->relayed;
+    s->relay_switches = p->relay_switches;
+    s->lag_ms = p->lag_ms;
+    s->last_contact_ms = p->last_contact_ms;
+    s->connected = repl_session_state(p->out) == REPL_STATE_ESTABLISHED;
+    s->relay_origins = (unsigned)__builtin_popcountll(p->relay_mask);
+    s->give_ups = p->give_ups;
+    s->given_up = p->given_up;
+    s->snapshot_chunk_max_bytes = p->snap_max_bytes;
+    s->snapshot_splits = p->snap_split;
+    s->snapshot_rows_skipped = p->snap_skipped;
+  }
+  for (size_t i = 0; i < g.topo->nregions && i < CRDT_MAX_REGIONS; i++)
+    floor[i] = g.floor.seq[g.topo->regions[i].index % CRDT_MAX_REGIONS];
+  repl_metrics_global gl = {.floor = floor,
+                            .trimmed_rows = g.trimmed_rows,
+                            .trim_runs = g.trim_runs,
+                            .bad_requests = g.bad_requests,
+                            .refused_peers = g.refused_peers,
+                            .published = g.published,
+                            .tombstones_collected = g.tombstones_collected};
   sp_buf b;
   sp_buf_init(&b, 1u << 20);
-  metrics_line(&b, "# TYPE sp_repl_lag_ms gauge\n");
-  for (size_t i = 0; i < g.npeers; i++)
-    metrics_line(&b, "sp_repl_lag_ms{peer=\"%s\"} %" PRIu64 "\n", g.peers[i].r->name,
-                 g.peers[i].lag_ms);
-  metrics_line(&b, "# TYPE sp_repl_connected gauge\n");
-  for (size_t i = 0; i < g.npeers; i++)
-    metrics_line(&b, "sp_repl_connected{peer=\"%s\"} %d\n", g.peers[i].r->name,
-                 repl_session_state(g.peers[i].out) == REPL_STATE_ESTABLISHED);
-  /* counters first, then gauges (no _total suffix) */
-  static const char *const names[] = {
-      "changes_sent",     "batches_sent",          "batches_resent",
-      "bytes_sent",       "changes_applied",       "batches_received",
-      "skew_rejects",     "reconnects",            "relayed_changes",
-      "relay_switches",   "snapshots_served",      "snapshot_chunks_sent",
-      "snapshot_chunks_applied", "last_contact_ms", "relay_origins"};
-  enum { NCOUNTERS = 13 };
-  for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-    metrics_line(&b, "# TYPE sp_repl_%s %s\n", names[k], k >= NCOUNTERS ? "gauge" : "counter");
-    for (size_t i = 0; i < g.npeers; i++) {
-      peer *p = &g.peers[i];
-      repl_stats so, si;
-      repl_session_stats(p->out, &so);
-      repl_session_stats(p->in, &si);
-      uint64_t v[] = {so.changes_sent,
-                      so.batches_sent,
-                      so.batches_resent,
-                      p->sent_bytes,
-                      p->applied,
-                      si.batches_received,
-                      si.skew_rejects,
-                      p->reconnects,
-                      p->relayed,
-                      p->relay_switches,
-                      so.snapshots_started,
-                      so.snapshot_chunks_sent,
-                      si.snapshot_chunks_received,
-                      p->last_contact_ms,
-                      (uint64_t)__builtin_popcountll(p->relay_mask)};
-      metrics_line(&b, "sp_repl_%s%s{peer=\"%s\"} %" PRIu64 "\n", names[k],
-                   k < NCOUNTERS ? "_total" : "", p->r->name, v[k]);
-    }
+  if (repl_metrics_render(g.metrics, ps, g.npeers, &gl, &b)) {
+    respond_text(st, 500, "cannot render metrics\n");
+  } else {
+    sp_h2_header h = {"content-type", SP_METRICS_CONTENT_TYPE};
+    sp_h2_respond(st, 200, &h, 1, b.base, b.len);
   }
-  metrics_line(&b, "# TYPE sp_repl_log_floor gauge\n");
-  for (size_t i = 0; i < g.topo->nregions; i++)
-    metrics_line(&b, "sp_repl_log_floor{origin=\"%s\"} %" PRIu64 "\n", g.topo->regions[i].name,
-                 g.floor.seq[g.topo->regions[i].index % CRDT_MAX_REGIONS]);
-  metrics_line(&b,
-               "# TYPE sp_repl_trimmed_rows_total counter\nsp_repl_trimmed_rows_total %" PRIu64
-               "\n# TYPE sp_repl_trim_runs_total counter\nsp_repl_trim_runs_total %" PRIu64 "\n",
-               g.trimmed_rows, g.trim_runs);
-  metrics_line(&b,
-               "# TYPE sp_repl_bad_requests_total counter\nsp_repl_bad_requests_total %" PRIu64
-               "\n# TYPE sp_repl_refused_peers_total counter\nsp_repl_refused_peers_total %" PRIu64
-               "\n# TYPE sp_repl_published_total counter\nsp_repl_published_total %" PRIu64 "\n",
-               g.bad_requests, g.refused_peers, g.published);
-  sp_h2_header h = {"content-type", "text/plain; version=0.0.4"};
-  sp_h2_respond(st, 200, &h, 1, b.base, b.len);
   sp_buf_release(&b);
+  sp_free(ps);
 }
 
 static void on_request(sp_h2_stream *st, void *arg) {
@@ -918,6 +1076,7 @@ static void on_request(sp_h2_stream *st, void *arg) {
     respond_text(st, 403, "not a peer\n");
     return;
   }
+  p->received_bytes += sp_h2_stream_body(st).len;
   if (strcmp(method, "POST") != 0) {
     respond_text(st, 405, "method not allowed\n");
   } else if (strcmp(path, "/repl/v1/handshake") == 0) {
@@ -936,7 +1095,7 @@ static void on_poll(int status, const PGresult *res, void *arg) {
   g.polling = 0;
   if (status)
     return;
-  vector_from(res, &g.applied);
+  vector_raise(res, 0, &g.applied);
   g.have_vector = 1;
   for (size_t i = 0; i < g.npeers; i++)
     repl_session_notify(g.peers[i].out, &g.applied);
@@ -1069,6 +1228,13 @@ static void on_ack_persisted(int status, const PGresult *res, void *arg) {
   else {
     w->p->persisted = w->v;
     w->p->have_persisted = 1;
+    /* statusd-api releases durable writes this covers (api/api_durable.c);
+     * best effort: it also re-reads sp_peer_ack while writes wait */
+    char msg[2 * REPL_MAX_ID + 64];
+    int n = snprintf(msg, sizeof msg, "{\"peer\":\"%s\",\"origin\":%d,\"seq\":%" PRIu64 "}",
+                     w->p->r->name, (int)g.id, w->v.seq[g.id]);
+    if (g.redis && !g.stopping && n > 0 && (size_t)n < sizeof msg)
+      sp_redis_publish(g.redis, g.acks_channel, msg, (size_t)n, NULL, NULL);
   }
   sp_free(w);
 }
@@ -1091,8 +1257,13 @@ static void persist_acks(peer *p) {
   vector_arrays(&w->v, origins, sizeof origins, seqs, sizeof seqs);
   const char *vals[] = {peer_id, origins, seqs};
   if (sp_pg_query(g.pg,
+                  /* without waiting for the WAL flush: an ack lost in a crash
+                   * only trims less until the peer's next ack; the disk's
+                   * flushes are for the applied data */
+                  "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)) "
                   "INSERT INTO sp_peer_ack (peer, origin, seq) "
-                  "SELECT $1::smallint, o, s FROM unnest($2::smallint[], $3::bigint[]) AS a(o, s) "
+                  "SELECT $1::smallint, o, s FROM async, "
+                  "unnest($2::smallint[], $3::bigint[]) AS a(o, s) "
                   "ON CONFLICT (peer, origin) DO UPDATE SET seq = EXCLUDED.seq",
                   3, vals, on_ack_persisted, w) == 0)
     p->persisting = 1;
@@ -1112,6 +1283,47 @@ static void on_floor(int status, const PGresult *res, void *arg) {
   g.have_floor = 1;
 }
 
+/* Max retention cut rows of `origin` up to `floor` that the peers in
+ * `ids` (a PostgreSQL smallint[] as text, "{1,2}") had not acknowledged:
+ * they will need a snapshot.  Warned once per peer until it is back. */
+static void give_up(const char *ids, long origin, uint64_t floor) {
+  for (const char *s = ids; s && *s;) {
+    char *end;
+    long id = strtol(s + 1, &end, 10);
+    if (end == s + 1)
+      break; /* "{}" */
+    s = end;
+    for (size_t i = 0; i < g.npeers; i++) {
+      peer *p = &g.peers[i];
+      if ((long)p->r->index != id || p->given_up)
+        continue;
+      p->given_up = 1;
+      p->give_ups++;
+      sp_log_warn("giving up on a peer: trimmed changes it has not acknowledged; it will need "
+                  "a snapshot",
+                  "{s:s,s:i,s:I,s:I}", "peer", p->r->name, "origin", (int)origin, "floor",
+                  (json_int_t)floor, "max_retention_ms", (json_int_t)g.max_retention_ms);
+    }
+    if (*s != ',')
+      break;
+  }
+}
+
+/* A peer given up on is back once it acknowledged every floor (after the
+ * snapshot it was served). */
+static void check_given_up(peer *p) {
+  if (!p->given_up || repl_session_state(p->out) != REPL_STATE_ESTABLISHED ||
+      repl_session_in_snapshot(p->out))
+    return;
+  const crdt_vclock *acked = repl_session_acked(p->out);
+  for (int o = 0; o < CRDT_MAX_REGIONS; o++)
+    if (acked->seq[o] < g.floor.seq[o])
+      return;
+  p->given_up = 0;
+  sp_log_info("peer given up on is back: it acknowledged the log floor", "{s:s}", "peer",
+              p->r->name);
+}
+
 static void on_trimmed(int status, const PGresult *res, void *arg) {
   (void)arg;
   if (status) {
@@ -1128,8 +1340,11 @@ static void on_trimmed(int status, const PGresult *res, void *arg) {
     g.trimmed_rows += n;
     if (o >= 0 && o < CRDT_MAX_REGIONS && fl > g.floor.seq[o])
       g.floor.seq[o] = fl;
-    sp_log_info("change log trimmed", "{s:i,s:I,s:I}", "origin", (int)o, "floor", (json_int_t)fl,
-                "rows", (json_int_t)n);
+    int past_acks = !PQgetisnull(res, i, 3);
+    sp_log_info("change log trimmed", "{s:i,s:I,s:I,s:b}", "origin", (int)o, "floor",
+                (json_int_t)fl, "rows", (json_int_t)n, "past_acks", past_acks);
+    if (past_acks && o >= 0 && o < CRDT_MAX_REGIONS)
+      give_up(PQgetvalue(res, i, 3), o, fl);
   }
   /* re-read the floor too: an adopted snapshot raises it (sp_apply_snapshot) */
   if (sp_pg_query(g.pg, "SELECT origin, seq FROM sp_log_floor", 0, NULL, on_floor, NULL))
@@ -1157,10 +1372,50 @@ static void trim(uint64_t now) {
                           (int)g.peers[i].r->index);
   snprintf(peers + n, sizeof peers - n, "}");
   snprintf(ret, sizeof ret, "%" PRIu64, g.retention_ms);
-  const char *vals[] = {peers, ret};
-  if (sp_pg_query(g.pg, "SELECT origin, floor, deleted FROM sp_trim_log($1::smallint[], $2::bigint)",
-                  2, vals, on_trimmed, NULL) == 0)
+  /* max retention (lib/sql/0009) only once the peers have had time to
+   * reconnect and tell us where they are: our acks may be stale at start */
+  char max_ret[24];
+  snprintf(max_ret, sizeof max_ret, "%" PRIu64, g.max_retention_ms);
+  uint64_t grace = g.max_retention_ms < GIVE_UP_GRACE_MS ? g.max_retention_ms : GIVE_UP_GRACE_MS;
+  const char *vals[] = {peers, ret, now - g.started_ms >= grace ? max_ret : NULL};
+  if (sp_pg_query(g.pg,
+                  "SELECT origin, floor, deleted, given_up "
+                  "FROM sp_trim_log_max($1::smallint[], $2::bigint, $3::bigint)",
+                  3, vals, on_trimmed, NULL) == 0)
     g.trimming = 1;
+}
+
+static void on_collected(int status, const PGresult *res, void *arg) {
+  (void)arg;
+  g.collecting = 0;
+  if (status) {
+    if (!g.stopping)
+      sp_log_warn("cannot collect tombstones", "{s:s,s:s}", "error", sp_strerror(status),
+                  "db", sp_pg_error_message(res));
+    return;
+  }
+  uint64_t n = PQntuples(res) == 1 ? strtoull(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+  g.tombstones_collected += n;
+  if (n)
+    sp_log_info("tombstones collected", "{s:I}", "count", (json_int_t)n);
+}
+
+/* Every TRIM_MS, deletes the tombstones every region has acknowledged
+ * together with the writes made before each saw the delete
+ * (sp_gc_tombstones_local: our sp_vclock and the peers' sp_peer_ack; a
+ * peer never heard from holds everything).  Region ids are topology
+ * indexes, so the regions are 0..nregions-1. */
+static void collect_tombstones(uint64_t now) {
+  if (g.collecting || g.npeers == 0 || now - g.last_gc_ms < TRIM_MS)
+    return;
+  g.last_gc_ms = now;
+  char local[8], nregions[8];
+  snprintf(local, sizeof local, "%d", (int)g.id);
+  snprintf(nregions, sizeof nregions, "%zu", g.topo->nregions);
+  const char *vals[] = {local, nregions};
+  if (sp_pg_query(g.pg, "SELECT sp_gc_tombstones_local($1::smallint, $2::integer)", 2, vals,
+                  on_collected, NULL) == 0)
+    g.collecting = 1;
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -1173,6 +1428,8 @@ static void on_tick(uv_timer_t *t) {
   }
   if (g.have_vector)
     trim(now);
+  if (g.have_vector)
+    collect_tombstones(now);
   int lag = now - g.last_lag_ms >= LAG_MS;
   if (lag)
     g.last_lag_ms = now;
@@ -1182,6 +1439,7 @@ static void on_tick(uv_timer_t *t) {
     if (g.have_vector) {
       learn_peer_vector(p);
       update_relay(p, now);
+      check_given_up(p);
     }
     persist_acks(p);
     peer_pump(p);
@@ -1217,8 +1475,30 @@ static void on_signal(uv_signal_t *s, int sig) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: statusd-replicad --topology FILE --region NAME [--log-retention-ms MS]\n"
-                  "  (default 3600000; also SP_REPL_LOG_RETENTION_MS)\n");
+  fprintf(stderr,
+          "usage: statusd-replicad --topology FILE --region NAME [--log-retention-ms MS]\n"
+          "                        [--max-log-retention-ms MS]\n"
+          "  --log-retention-ms: acknowledged change-log rows are kept this long\n"
+          "    (default 3600000; also SP_REPL_LOG_RETENTION_MS)\n"
+          "  --max-log-retention-ms: older rows are trimmed even when a peer has not\n"
+          "    acknowledged them; that peer catches up by snapshot (default 86400000 or\n"
+          "    the log retention if higher; must be >= it; also\n"
+          "    SP_REPL_MAX_LOG_RETENTION_MS)\n");
+}
+
+/* A retention option: milliseconds, 0..10 years.  0, or -1 after printing
+ * which option (or environment variable) `src` was bad. */
+static int parse_ms(const char *what, const char *src, const char *text, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(text, &end, 10);
+  if (errno || *end || !(*text >= '0' && *text <= '9') || v > 10ull * 365 * 24 * 3600 * 1000) {
+    fprintf(stderr, "statusd-replicad: bad %s \"%s\" (%s): milliseconds, 0..10 years\n", what,
+            text, src);
+    return -1;
+  }
+  *out = v;
+  return 0;
 }
 
 static int setup_peers(void) {
@@ -1247,15 +1527,31 @@ static int setup_peers(void) {
   return 0;
 }
 
+/* The registry, with a series for every peer and every topology region. */
+static int metrics_init(void) {
+  const char *peers[SP_TOPO_MAX_REGIONS], *origins[SP_TOPO_MAX_REGIONS];
+  size_t np = 0, no = 0;
+  for (size_t i = 0; i < g.npeers && np < SP_TOPO_MAX_REGIONS; i++)
+    peers[np++] = g.peers[i].r->name;
+  for (size_t i = 0; i < g.topo->nregions && no < SP_TOPO_MAX_REGIONS; i++)
+    origins[no++] = g.topo->regions[i].name;
+  if (np != g.npeers)
+    return SP_ERR_INVAL;
+  return repl_metrics_new(peers, np, origins, no, &g.metrics);
+}
+
 int main(int argc, char **argv) {
   const char *topo_path = NULL, *region = NULL;
   static const struct option opts[] = {{"topology", required_argument, NULL, 't'},
                                        {"region", required_argument, NULL, 'r'},
                                        {"log-retention-ms", required_argument, NULL, 'k'},
+                                       {"max-log-retention-ms", required_argument, NULL, 'm'},
                                        {NULL, 0, NULL, 0}};
   /* statusctl starts the daemon with a fixed command line, so the
-   * environment can set the retention too (tests use 0) */
+   * environment can set the retentions too (tests use 0) */
   const char *retention = getenv("SP_REPL_LOG_RETENTION_MS");
+  const char *max_retention = getenv("SP_REPL_MAX_LOG_RETENTION_MS");
+  const char *ret_src = "SP_REPL_LOG_RETENTION_MS", *max_src = "SP_REPL_MAX_LOG_RETENTION_MS";
   int ch;
   while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     if (ch == 't')
@@ -1263,7 +1559,9 @@ int main(int argc, char **argv) {
     else if (ch == 'r')
       region = optarg;
     else if (ch == 'k')
-      retention = optarg;
+      retention = optarg, ret_src = "--log-retention-ms";
+    else if (ch == 'm')
+      max_retention = optarg, max_src = "--max-log-retention-ms";
     else {
       usage();
       return 2;
@@ -1274,16 +1572,22 @@ int main(int argc, char **argv) {
     return 2;
   }
   g.retention_ms = RETENTION_MS;
-  if (retention && *retention) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(retention, &end, 10);
-    if (errno || *end || *retention == '-' || v > 10ull * 365 * 24 * 3600 * 1000) {
-      fprintf(stderr, "statusd-replicad: bad log retention \"%s\": milliseconds, 0..10 years\n",
-              retention);
+  if (retention && *retention &&
+      parse_ms("log retention", ret_src, retention, &g.retention_ms))
+    return 2;
+  /* unset, the maximum never undercuts a longer retention asked for */
+  g.max_retention_ms = g.retention_ms > MAX_RETENTION_MS ? g.retention_ms : MAX_RETENTION_MS;
+  if (max_retention && *max_retention) {
+    if (parse_ms("max log retention", max_src, max_retention, &g.max_retention_ms))
+      return 2;
+    if (g.max_retention_ms < g.retention_ms) {
+      fprintf(stderr,
+              "statusd-replicad: bad max log retention %" PRIu64 " (%s): must be >= the log "
+              "retention, %" PRIu64 " (%s)\n",
+              g.max_retention_ms, max_src, g.retention_ms,
+              retention && *retention ? ret_src : "the default");
       return 2;
     }
-    g.retention_ms = v;
   }
   char err[1024];
   if (sp_topo_load(topo_path, &g.topo, err, sizeof err)) {
@@ -1304,6 +1608,7 @@ int main(int argc, char **argv) {
   sp_log_init("statusd-replicad", g.self->name, g.topo->log_level_name);
   g.id = (crdt_region)g.self->index;
   g.jobs_tail = &g.jobs;
+  g.started_ms = now_ms();
   srand((unsigned)(now_ms() ^ (uint64_t)getpid()));
   int rc = 1;
   if (sp_tls_ctx_new_server(g.topo->tls_ca_cert, g.self->tls_cert, g.self->tls_key, "h2", err,
@@ -1332,8 +1637,14 @@ int main(int argc, char **argv) {
     goto fail_srv;
   }
   snprintf(g.channel, sizeof g.channel, "sp:%s:%s:changes", g.topo->cluster, g.self->name);
+  snprintf(g.acks_channel, sizeof g.acks_channel, "sp:%s:%s:acks", g.topo->cluster,
+           g.self->name);
   if ((e = setup_peers())) {
     sp_log_error("sessions", "{s:s}", "error", sp_strerror(e));
+    goto fail_srv;
+  }
+  if ((e = metrics_init())) {
+    sp_log_error("cannot register metrics", "{s:s}", "error", sp_strerror(e));
     goto fail_srv;
   }
   if ((e = sp_h2_server_new(&g.loop, g.tls_srv, NULL, on_request, NULL, &g.srv)) ||
@@ -1373,6 +1684,7 @@ fail_peers:
     crdt_delta_free(g.peers[i].rows);
   }
   sp_free(g.peers);
+  repl_metrics_free(g.metrics);
 fail_loop:
   if (uv_loop_close(&g.loop))
     sp_log_error("loop not closed clean", NULL);

@@ -729,6 +729,27 @@ static void test_apply_idempotent_and_gaps(void **state) {
            "\"region\":2,\"origin\":2,\"seq\":1}]");
   assert_int_equal(apply(c, own, "2"), 0);
   assert_int_equal(q(c, "SELECT count(*) FROM sp_entity WHERE id = 'c2'"), 0);
+  /* sp_apply_remote_vector (lib/sql/0007): the count on every row, and
+   * the vector as committed, in one statement */
+  char ten[512], vbatch[1024];
+  change(ten, sizeof ten, 10, 210, "ten");
+  snprintf(vbatch, sizeof vbatch, "[%s]", ten);
+  const char *pv[2] = {vbatch, "2"};
+  PGresult *vr = PQexecParams(c,
+                              "SELECT applied, origin, seq FROM sp_apply_remote_vector($1::jsonb, "
+                              "$2::smallint) ORDER BY origin",
+                              2, NULL, pv, NULL, NULL, 0);
+  assert_int_equal(PQresultStatus(vr), PGRES_TUPLES_OK);
+  assert_int_equal(PQntuples(vr), 1);
+  assert_string_equal(PQgetvalue(vr, 0, 0), "1");
+  assert_string_equal(PQgetvalue(vr, 0, 1), "1");
+  assert_string_equal(PQgetvalue(vr, 0, 2), "10");
+  PQclear(vr);
+  vr = PQexecParams(c, "SELECT applied, origin, seq FROM sp_apply_remote_vector($1::jsonb, "
+                       "$2::smallint)", 2, NULL, pv, NULL, NULL, 0);
+  assert_int_equal(PQresultStatus(vr), PGRES_TUPLES_OK);
+  assert_string_equal(PQgetvalue(vr, 0, 0), "0"); /* again: nothing new */
+  PQclear(vr);
   /* without p_local the same change is applied */
   const char *p[1] = {own};
   res = PQexecParams(c, "SELECT sp_apply_remote($1::jsonb)", 1, NULL, p, NULL, NULL, 0);

@@ -322,7 +322,9 @@ static void test_acks_and_trim(void **state) {
  * snapshot.  Retention 0 trims only what every peer acknowledged, so the
  * test stands in for "past retention" by recording, with ap-south stopped,
  * that ap-south acknowledged everything (as an operator giving up on a peer
- * would): the daemons then trim rows ap-south never got. */
+ * would): the daemons then trim rows ap-south never got.  The daemons
+ * giving up by themselves (--max-log-retention-ms) is
+ * test_replicad_retention.c. */
 static void test_snapshot_resync(void **state) {
   (void)state;
   assert_true(g.up);

@@ -11,7 +11,8 @@
 #
 # 1. Convergence lag (BUILD_DIR/bench/repl_lag lag): writes through the
 #    management API spread over the three regions, open loop at 100 and at
-#    1000 writes/s for $REPL_BENCH_SECONDS (default 5) s each; the time from
+#    1000 writes/s for $REPL_BENCH_SECONDS (default 5) s each, each run on
+#    a page of its own with 60 components (repl_lag PAGE "new"); the time from
 #    a write's 2xx answer to its visibility in each other region's public
 #    components.json (polled every 3 ms per region, or as soon as the last
 #    poll is answered when that takes longer), p50/p99.
@@ -91,8 +92,8 @@ ADDRS=($(jq -r '.regions[].address' "$TOPO"))
   { echo "repl: no admin key or demo page in statusctl endpoints" >&2; exit 1; }
 
 # --- 1. convergence lag -------------------------------------------------------------
-lag100=$("$LAG" lag "$PORT" "$KEY" "$PAGE" 100 "$SECS" "${ADDRS[@]}")
-lag1000=$("$LAG" lag "$PORT" "$KEY" "$PAGE" 1000 "$SECS" "${ADDRS[@]}")
+lag100=$("$LAG" lag "$PORT" "$KEY" new 100 "$SECS" "${ADDRS[@]}")
+lag1000=$("$LAG" lag "$PORT" "$KEY" new 1000 "$SECS" "${ADDRS[@]}")
 
 # --- 2. changes applied per second --------------------------------------------------
 RPID=$(pid_of eu-west statusd-replicad)

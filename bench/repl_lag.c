@@ -2,6 +2,7 @@
  * against a running three-region deployment (statusctl up).
  *
  *   repl_lag lag PORT KEY PAGE RATE SECONDS ADDR0 ADDR1 ADDR2
+ *     PAGE "new" makes a page for the run first (KEY must be an org key).
  *     Creates NCOMP components on PAGE (component c in region c % 3) and
  *     waits until every region shows them all publicly.  Then writes at
  *     RATE writes/s for SECONDS, open loop: write i is due at start + i/RATE,
@@ -292,6 +293,37 @@ static int create_components(conn *const *conns, int nconns, const char *tag) {
   return 0;
 }
 
+/* PAGE "new": a page of its own for this run, made in region 0 and waited
+ * for in every region, so each run polls a document of NCOMP components
+ * (on the demo page every run would add NCOMP more to what is polled and
+ * rendered). */
+static int new_page(conn *const *conns, double rate) {
+  char body[128], path[256];
+  snprintf(body, sizeof body, "{\"page\":{\"name\":\"replication lag %.0f/s\"}}", rate);
+  int st = conn_call(conns[0], "POST", "/v1/pages", body);
+  json_t *j = st == 201 || st == 200 ? json_loads(conns[0]->body, 0, NULL) : NULL;
+  const char *id = json_string_value(json_object_get(j, "id"));
+  if (id == NULL || strlen(id) >= sizeof g_page) {
+    fprintf(stderr, "repl_lag: cannot create a page: %d %.200s\n", st, conns[0]->body);
+    json_decref(j);
+    return -1;
+  }
+  snprintf(g_page, sizeof g_page, "%s", id);
+  json_decref(j);
+  snprintf(path, sizeof path, "/pages/%s/api/v2/components.json", g_page);
+  double end = now_s() + 20;
+  for (int r = 0; r < NREG; r++) {
+    while (conn_call(conns[r], "GET", path, NULL) != 200) {
+      if (now_s() >= end) {
+        fprintf(stderr, "repl_lag: page %s not in %s after 20 s\n", g_page, conns[r]->addr);
+        return -1;
+      }
+      usleep(20000);
+    }
+  }
+  return 0;
+}
+
 /* Reads a components.json body: for each of ours, the number in its
  * description into seq[] (raised only).  The number of ours found, -1 when
  * the body is not a component list. */
@@ -355,6 +387,8 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
         goto out_conns;
   }
   conn *setup[NREG] = {&wc[0][0], &wc[1][0], &wc[2][0]};
+  if (strcmp(g_page, "new") == 0 && new_page(setup, rate) != 0)
+    goto out_conns;
   if (create_components(setup, NREG, "lag") != 0)
     goto out_conns;
 

@@ -183,6 +183,7 @@ static struct {
   apply_job *jobs, **jobs_tail;
   int applying;
   uint64_t applied_total, batches_in, bad_requests, refused_peers, published;
+  uint64_t local_events; /* change events of our origin that moved the senders */
   /* trimming: sp_log_floor as last read, retention, counters */
   crdt_vclock floor;
   int have_floor, trimming;
@@ -1037,7 +1038,8 @@ static void on_metrics(sp_h2_stream *st) {
                             .bad_requests = g.bad_requests,
                             .refused_peers = g.refused_peers,
                             .published = g.published,
-                            .tombstones_collected = g.tombstones_collected};
+                            .tombstones_collected = g.tombstones_collected,
+                            .local_events = g.local_events};
   sp_buf b;
   sp_buf_init(&b, 1u << 20);
   if (repl_metrics_render(g.metrics, ps, g.npeers, &gl, &b)) {
@@ -1089,6 +1091,37 @@ static void on_request(sp_h2_stream *st, void *arg) {
 }
 
 /* ---- the tick: poll the vector, lag, drive peers ------------------------ */
+
+/* A change event on the region's channel.  statusd-api publishes every
+ * write's changes after its commit; this region's sequence numbers are
+ * dense and issued in commit order (the clock row serialises the writers),
+ * so a published change of our origin with seq s means every change up to
+ * s is committed: the senders can move on at once instead of at the next
+ * sp_vclock poll, which is what "sent as soon as they commit" needs.
+ * Events of other origins (our own applies' publications) are ignored. */
+static void on_local_changes(const char *channel, const char *data, size_t len, void *arg) {
+  (void)channel;
+  (void)arg;
+  crdt_delta *d;
+  if (!g.have_vector || g.stopping || crdt_delta_new(repl_crdt_allocator(), &d))
+    return;
+  uint64_t top = 0;
+  if (crdt_delta_decode(d, (const uint8_t *)data, len) == 0)
+    for (size_t i = 0; i < crdt_delta_count(d); i++) {
+      const crdt_change *c = crdt_delta_get(d, i);
+      if (c->origin == g.id && c->seq > top)
+        top = c->seq;
+    }
+  crdt_delta_free(d);
+  if (top <= g.applied.seq[g.id])
+    return;
+  g.applied.seq[g.id] = top;
+  g.local_events++;
+  for (size_t i = 0; i < g.npeers; i++) {
+    repl_session_notify(g.peers[i].out, &g.applied);
+    peer_pump(&g.peers[i]);
+  }
+}
 
 static void on_poll(int status, const PGresult *res, void *arg) {
   (void)arg;
@@ -1639,6 +1672,10 @@ int main(int argc, char **argv) {
   snprintf(g.channel, sizeof g.channel, "sp:%s:%s:changes", g.topo->cluster, g.self->name);
   snprintf(g.acks_channel, sizeof g.acks_channel, "sp:%s:%s:acks", g.topo->cluster,
            g.self->name);
+  if ((e = sp_redis_subscribe(g.redis, g.channel, on_local_changes, NULL))) {
+    sp_log_error("cannot subscribe to the change events", "{s:s}", "error", sp_strerror(e));
+    goto fail_srv;
+  }
   if ((e = setup_peers())) {
     sp_log_error("sessions", "{s:s}", "error", sp_strerror(e));
     goto fail_srv;

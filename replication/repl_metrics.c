@@ -96,6 +96,9 @@ static const counter_def global_counters[] = {
     {"sp_repl_tombstones_collected_total",
      "Tombstones deleted from the store once stable in every region",
      GLOBAL(tombstones_collected)},
+    {"sp_repl_local_events_total",
+     "Change events of this region's writes that moved the senders before the next poll",
+     GLOBAL(local_events)},
 };
 #undef GLOBAL
 #define NGC (sizeof global_counters / sizeof global_counters[0])

@@ -60,6 +60,7 @@ typedef struct repl_metrics_global {
   const uint64_t *floor;
   uint64_t trimmed_rows, trim_runs, bad_requests, refused_peers, published;
   uint64_t tombstones_collected; /* sp_gc_tombstones_local, lib/sql/0008 */
+  uint64_t local_events;         /* this region's change events on Redis */
 } repl_metrics_global;
 
 /* Registers every family and the series of each peer and origin (names

@@ -160,6 +160,8 @@ struct apply_job {
   repl_msg m;
   repl_apply a;
   uint64_t apply_ns; /* uv_hrtime() when the apply query went out */
+  crdt_vclock ack;   /* the peer's acked vector persisted with the apply */
+  int with_ack;
 };
 
 static struct {
@@ -265,6 +267,8 @@ static int src_next(void *arg, crdt_change *out) {
 }
 
 static void peer_pump(peer *p);
+static void vector_arrays(const crdt_vclock *v, char *origins, size_t olen, char *seqs,
+                          size_t slen);
 static void snapshot_read(peer *p);
 
 static void peer_fail(peer *p, const char *why) {
@@ -773,6 +777,18 @@ static void job_fail(apply_job *j, int status, const char *why) {
   run_jobs();
 }
 
+/* Tells statusd-api that p's acknowledged vector v is committed in
+ * sp_peer_ack, which releases the durable writes it covers
+ * (api/api_durable.c); best effort: the API also re-reads sp_peer_ack while
+ * writes wait. */
+static void publish_ack(const peer *p, const crdt_vclock *v) {
+  char msg[2 * REPL_MAX_ID + 64];
+  int n = snprintf(msg, sizeof msg, "{\"peer\":\"%s\",\"origin\":%d,\"seq\":%" PRIu64 "}",
+                   p->r->name, (int)g.id, v->seq[g.id]);
+  if (g.redis && !g.stopping && n > 0 && (size_t)n < sizeof msg)
+    sp_redis_publish(g.redis, g.acks_channel, msg, (size_t)n, NULL, NULL);
+}
+
 /* Publishes the changes of a committed apply (see the top). */
 static void publish(const repl_apply *a) {
   crdt_delta *d;
@@ -809,6 +825,14 @@ static void on_applied(int status, const PGresult *res, void *arg) {
   g.applied_total += (uint64_t)n;
   if (n > 0)
     publish(&j->a);
+  /* the peer's acks went in with the data; a persist of its own still in
+   * flight will set `persisted` itself (the next tick re-persists if the
+   * two disagree) */
+  if (j->with_ack && !j->p->persisting) {
+    j->p->persisted = j->ack;
+    j->p->have_persisted = 1;
+    publish_ack(j->p, &j->ack);
+  }
   job_ack(j, &g.applied);
 }
 
@@ -883,9 +907,22 @@ static void start_apply(apply_job *j) {
                      "FROM sp_apply_snapshot_vector($1::jsonb, $2::smallint, $3::jsonb)",
                      3, vals, on_applied, j);
   } else {
+    /* the peer's acknowledged vector rides along when it changed */
+    char peer_id[8], origins[8 * CRDT_MAX_REGIONS + 4], seqs[24 * CRDT_MAX_REGIONS + 4];
+    const crdt_vclock *acked = repl_session_acked(j->p->out);
+    j->with_ack = repl_session_state(j->p->out) == REPL_STATE_ESTABLISHED &&
+                  !(j->p->have_persisted && memcmp(acked, &j->p->persisted, sizeof *acked) == 0);
+    if (j->with_ack) {
+      j->ack = *acked;
+      snprintf(peer_id, sizeof peer_id, "%d", (int)j->p->r->index);
+      vector_arrays(&j->ack, origins, sizeof origins, seqs, sizeof seqs);
+    }
+    const char *avals[] = {json, local, j->with_ack ? peer_id : NULL,
+                           j->with_ack ? origins : NULL, j->with_ack ? seqs : NULL};
     rc = sp_pg_query(g.pg,
-                     "SELECT applied, origin, seq FROM sp_apply_remote_vector($1::jsonb, $2::smallint)",
-                     2, vals, on_applied, j);
+                     "SELECT applied, origin, seq FROM sp_apply_remote_vector($1::jsonb, "
+                     "$2::smallint, $3::smallint, $4::smallint[], $5::bigint[])",
+                     5, avals, on_applied, j);
   }
   free(json);
   if (rc)
@@ -1261,13 +1298,7 @@ static void on_ack_persisted(int status, const PGresult *res, void *arg) {
   else {
     w->p->persisted = w->v;
     w->p->have_persisted = 1;
-    /* statusd-api releases durable writes this covers (api/api_durable.c);
-     * best effort: it also re-reads sp_peer_ack while writes wait */
-    char msg[2 * REPL_MAX_ID + 64];
-    int n = snprintf(msg, sizeof msg, "{\"peer\":\"%s\",\"origin\":%d,\"seq\":%" PRIu64 "}",
-                     w->p->r->name, (int)g.id, w->v.seq[g.id]);
-    if (g.redis && !g.stopping && n > 0 && (size_t)n < sizeof msg)
-      sp_redis_publish(g.redis, g.acks_channel, msg, (size_t)n, NULL, NULL);
+    publish_ack(w->p, &w->v);
   }
   sp_free(w);
 }

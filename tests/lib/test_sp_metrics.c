@@ -13,6 +13,7 @@
 #include "sp_alloc.h"
 #include "sp_buf.h"
 #include "sp_err.h"
+#include "sp_fixture.h"
 #include "sp_metrics.h"
 
 #include <limits.h>
@@ -442,31 +443,6 @@ static void test_allocation_failure_sweep(void **state) {
   }
 }
 
-/* Runs `promtool check metrics` on `text`; returns its exit status and
- * leaves its combined output in `report`. */
-static int promtool_check(const char *text, char *report, size_t reportlen) {
-  char dir[] = "/tmp/sp_metrics.XXXXXX";
-  assert_non_null(mkdtemp(dir));
-  char in[64], outp[64], cmd[256];
-  snprintf(in, sizeof in, "%s/in", dir);
-  snprintf(outp, sizeof outp, "%s/out", dir);
-  FILE *f = fopen(in, "w");
-  assert_non_null(f);
-  fputs(text, f);
-  assert_int_equal(fclose(f), 0);
-  snprintf(cmd, sizeof cmd, "timeout 60 promtool check metrics < %s > %s 2>&1", in, outp);
-  int status = system(cmd);
-  f = fopen(outp, "r");
-  assert_non_null(f);
-  size_t n = fread(report, 1, reportlen - 1, f);
-  report[n] = '\0';
-  fclose(f);
-  unlink(in);
-  unlink(outp);
-  rmdir(dir);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_promtool_accepts_full_registry(void **state) {
   (void)state;
   int idle = 3;
@@ -476,7 +452,7 @@ static void test_promtool_accepts_full_registry(void **state) {
   sp_buf_init(&out, SP_BUF_UNLIMITED);
   assert_int_equal(sp_metrics_render(m, &out), 0);
   char report[4096];
-  int status = promtool_check(out.base, report, sizeof report);
+  int status = sp_fixture_promtool(out.base, strlen(out.base), report, sizeof report);
   if (status != 0 || report[0] != '\0')
     fail_msg("promtool exit %d (127: not installed; it is a declared dependency):\n%s\n"
              "--- input ---\n%s",
@@ -490,7 +466,8 @@ static void test_promtool_accepts_full_registry(void **state) {
 
   /* and promtool does complain about a broken exposition, so the empty
    * report above means something */
-  status = promtool_check("# TYPE sp_bad counter\nsp_bad{a=\"x} 1\n", report, sizeof report);
+  static const char bad[] = "# TYPE sp_bad counter\nsp_bad{a=\"x} 1\n";
+  status = sp_fixture_promtool(bad, strlen(bad), report, sizeof report);
   assert_int_not_equal(status, 0);
   assert_true(report[0] != '\0');
 }

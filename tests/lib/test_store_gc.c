@@ -27,86 +27,7 @@
 #include <string.h>
 
 #include "crdt.h"
-#include "sp_fixture.h"
-#include "sp_migrate.h"
-
-static sp_fixture_pg g_pg;
-
-static int setup(void **state) {
-  (void)state;
-  if (sp_fixture_pg_start(&g_pg))
-    return -1;
-  char dir[PATH_MAX], err[512];
-  const char *src = getenv("SP_SRCDIR");
-  snprintf(dir, sizeof dir, "%s/lib/sql", src && *src ? src : ".");
-  if (sp_migrate_run(g_pg.conninfo, dir, NULL, err, sizeof err)) {
-    fprintf(stderr, "migrate: %s\n", err);
-    return -1;
-  }
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  sp_fixture_pg_stop(&g_pg);
-  return 0;
-}
-
-static PGconn *db_connect(void) {
-  PGconn *db = PQconnectdb(g_pg.conninfo);
-  assert_int_equal(PQstatus(db), CONNECTION_OK);
-  return db;
-}
-
-static void exec_ok(PGconn *db, const char *sql) {
-  PGresult *r = PQexec(db, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("%s: %s", sql, PQerrorMessage(db));
-  PQclear(r);
-}
-
-static long count(PGconn *db, const char *sql) {
-  PGresult *r = PQexec(db, sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("%s: %s", sql, PQerrorMessage(db));
-  long v = atol(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
-}
-
-static uint64_t rnd(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-/* sp_merge_change for c; 1/0 as PostgreSQL says. */
-static int sql_merge(PGconn *db, const crdt_change *c) {
-  char kind[4], cl[16], hlc[32], region[8], origin[8], seq[32], value[64];
-  snprintf(kind, sizeof kind, "%d", c->kind == CRDT_FIELD ? 1 : 2);
-  snprintf(cl, sizeof cl, "%u", c->cl);
-  snprintf(hlc, sizeof hlc, "%llu", (unsigned long long)c->stamp.hlc);
-  snprintf(region, sizeof region, "%u", c->stamp.region);
-  snprintf(origin, sizeof origin, "%u", c->origin);
-  snprintf(seq, sizeof seq, "%llu", (unsigned long long)c->seq);
-  const char *v = NULL;
-  if (c->kind == CRDT_FIELD && !c->value_null) {
-    snprintf(value, sizeof value, "%.*s", (int)c->value_len, (const char *)c->value);
-    v = value;
-  }
-  const char *p[11] = {kind, c->page, c->type, c->id, c->kind == CRDT_FIELD ? c->field : NULL,
-                       v, cl, hlc, region, origin, seq};
-  PGresult *r = PQexecParams(db,
-                             "SELECT sp_merge_change($1::smallint, $2, $3, $4, $5, $6, "
-                             "$7::integer, $8::bigint, $9::smallint, $10::smallint, $11::bigint)",
-                             11, NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("sp_merge_change: %s", PQerrorMessage(db));
-  int changed = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-  PQclear(r);
-  return changed;
-}
+#include "store_fixture.h"
 
 /* sp_gc_tombstones with acks[0..n) as an n x CRDT_MAX_REGIONS array (every
  * origin, as crdt_doc_gc sees them).  Returns its count. */
@@ -123,12 +44,7 @@ static long sql_gc(PGconn *db, const crdt_vclock *acks, size_t n) {
   }
   snprintf(arr + len, sizeof arr - len, "}");
   const char *p[1] = {arr};
-  PGresult *r = PQexecParams(db, "SELECT sp_gc_tombstones($1::bigint[])", 1, NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("sp_gc_tombstones: %s", PQerrorMessage(db));
-  long v = atol(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
+  return (long)sf_int_params(db, "SELECT sp_gc_tombstones($1::bigint[])", 1, p);
 }
 
 /* The entities with a causal length, as "page/type/id:cl" lines in strcmp
@@ -196,7 +112,7 @@ static void expect_same_entities(PGconn *db, crdt_doc *d, int round, int step) {
 
 static void test_gc_matches_crdt(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   static const char *pages[] = {"pa", "pb"}, *ids[] = {"e1", "e2", "e3", "e4", "e5", "e6"};
   static const char *types[] = {"component", "component", "component",
                                 "component", "component", "domain"};
@@ -206,7 +122,7 @@ static void test_gc_matches_crdt(void **state) {
   uint64_t seed = 2024;
   long collected_total = 0, gc_calls = 0, membership_changes = 0;
   for (int round = 0; round < 30; round++) {
-    exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_tombstone_barrier");
+    sf_exec(db, "TRUNCATE sp_entity, sp_field, sp_tombstone_barrier");
     crdt_doc *d;
     assert_int_equal(crdt_doc_new(NULL, &d), 0);
     assert_int_equal(crdt_doc_gc_keep(d, "domain"), 0); /* as seeded in sp_gc_keep */
@@ -218,60 +134,60 @@ static void test_gc_matches_crdt(void **state) {
     uint64_t hlc_ms = 1000;
     /* each round its own mix: busy or quiet writers, acks that catch up in
      * one go or bit by bit */
-    uint64_t p_write = 15 + rnd(&seed) % 45, p_full = rnd(&seed) % 60;
+    uint64_t p_write = 15 + sf_rnd(&seed) % 45, p_full = sf_rnd(&seed) % 60;
     for (int step = 0; step < 200; step++) {
-      uint64_t what = rnd(&seed) % 100;
+      uint64_t what = sf_rnd(&seed) % 100;
       if (what < p_write) {
         /* a change from a random origin, with the next sequence number */
         crdt_change c;
         memset(&c, 0, sizeof c);
-        int e = (int)(rnd(&seed) % 6);
-        c.page = pages[rnd(&seed) % 2];
+        int e = (int)(sf_rnd(&seed) % 6);
+        c.page = pages[sf_rnd(&seed) % 2];
         c.type = types[e];
         c.id = ids[e];
         uint32_t cur = 0;
         if (crdt_doc_cl(d, c.page, c.type, c.id, &cur))
           cur = 0;
-        c.kind = rnd(&seed) % 2 ? CRDT_EXIST : CRDT_FIELD;
+        c.kind = sf_rnd(&seed) % 2 ? CRDT_EXIST : CRDT_FIELD;
         if (c.kind == CRDT_EXIST) {
           /* mostly the next life (create, delete, re-create); sometimes a
            * stale or concurrent one */
-          uint64_t k = rnd(&seed) % 5;
-          c.cl = k < 3 ? cur + 1 : k == 3 ? (cur ? cur : 1) : 1 + (uint32_t)(rnd(&seed) % 5);
+          uint64_t k = sf_rnd(&seed) % 5;
+          c.cl = k < 3 ? cur + 1 : k == 3 ? (cur ? cur : 1) : 1 + (uint32_t)(sf_rnd(&seed) % 5);
         } else {
           /* the current life, an older one, or the next (a re-create's
            * field arriving before the re-create) */
-          uint64_t k = rnd(&seed) % 10;
-          c.cl = k < 7 ? (cur ? cur : 1) : k == 7 ? cur + 1 : 1 + (uint32_t)(rnd(&seed) % 4);
-          c.field = fields[rnd(&seed) % 2];
-          const char *v = values[rnd(&seed) % 3];
+          uint64_t k = sf_rnd(&seed) % 10;
+          c.cl = k < 7 ? (cur ? cur : 1) : k == 7 ? cur + 1 : 1 + (uint32_t)(sf_rnd(&seed) % 4);
+          c.field = fields[sf_rnd(&seed) % 2];
+          const char *v = values[sf_rnd(&seed) % 3];
           c.value = (const uint8_t *)v;
           c.value_len = strlen(v);
         }
-        hlc_ms += rnd(&seed) % 3;
-        c.stamp.hlc = CRDT_HLC_MAKE(hlc_ms, rnd(&seed) % 2);
+        hlc_ms += sf_rnd(&seed) % 3;
+        c.stamp.hlc = CRDT_HLC_MAKE(hlc_ms, sf_rnd(&seed) % 2);
         /* origins 0 and 1 write most, 3 (a region only when n is 4) least */
         static const crdt_region pick[] = {0, 0, 0, 1, 1, 1, 2, 2, 3};
-        crdt_region o = pick[rnd(&seed) % (sizeof pick / sizeof pick[0])];
+        crdt_region o = pick[sf_rnd(&seed) % (sizeof pick / sizeof pick[0])];
         c.stamp.region = o;
         c.origin = o;
         c.seq = ++next[o];
         acks[o].seq[o] = next[o]; /* a region has applied its own writes */
         int a = crdt_doc_merge(d, &c);
-        int b = sql_merge(db, &c);
+        int b = sf_merge(db, &c);
         assert_true(a >= 0);
         if (a != b)
           fail_msg("round %d step %d: merge: crdt %d, SQL %d", round, step, a, b);
       } else if (what < 85) {
         /* acknowledgements grow: region i has applied more of origin o
          * (part of the way, or all of it) */
-        int i = (int)(rnd(&seed) % ORIGINS), o = (int)(rnd(&seed) % ORIGINS);
+        int i = (int)(sf_rnd(&seed) % ORIGINS), o = (int)(sf_rnd(&seed) % ORIGINS);
         uint64_t gap = next[o] - acks[i].seq[o];
-        acks[i].seq[o] += rnd(&seed) % 100 < p_full ? gap : rnd(&seed) % (gap + 1);
+        acks[i].seq[o] += sf_rnd(&seed) % 100 < p_full ? gap : sf_rnd(&seed) % (gap + 1);
       } else {
         /* collect; now and then with another number of regions */
-        if (rnd(&seed) % 8 == 0) {
-          n = n == 3 ? 2 + (size_t)(rnd(&seed) % 2) * 2 : 3; /* 3 -> 2 or 4 -> 3 */
+        if (sf_rnd(&seed) % 8 == 0) {
+          n = n == 3 ? 2 + (size_t)(sf_rnd(&seed) % 2) * 2 : 3; /* 3 -> 2 or 4 -> 3 */
           membership_changes++;
         }
         int a = crdt_doc_gc(d, acks, n, NULL, NULL);
@@ -294,9 +210,9 @@ static void test_gc_matches_crdt(void **state) {
     collected_total += a;
     expect_same_entities(db, d, round, -1);
     /* no barrier left behind for an entity that is gone */
-    assert_int_equal(count(db, "SELECT count(*) FROM sp_tombstone_barrier b WHERE NOT EXISTS "
-                               "(SELECT 1 FROM sp_entity e WHERE (e.page_id, e.type, e.id) = "
-                               "(b.page_id, b.type, b.id))"),
+    assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_tombstone_barrier b WHERE NOT EXISTS "
+                                "(SELECT 1 FROM sp_entity e WHERE (e.page_id, e.type, e.id) = "
+                                "(b.page_id, b.type, b.id))"),
                      0);
     crdt_doc_free(d);
   }
@@ -312,13 +228,7 @@ static long gc_local(PGconn *db, int local, int nregions) {
   snprintf(l, sizeof l, "%d", local);
   snprintf(n, sizeof n, "%d", nregions);
   const char *p[2] = {l, n};
-  PGresult *r = PQexecParams(db, "SELECT sp_gc_tombstones_local($1::smallint, $2::integer)", 2,
-                             NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("sp_gc_tombstones_local: %s", PQerrorMessage(db));
-  long v = atol(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
+  return (long)sf_int_params(db, "SELECT sp_gc_tombstones_local($1::smallint, $2::integer)", 2, p);
 }
 
 static void set_ack(PGconn *db, int peer, const long seqs[3]) {
@@ -327,11 +237,11 @@ static void set_ack(PGconn *db, int peer, const long seqs[3]) {
            "INSERT INTO sp_peer_ack (peer, origin, seq) VALUES (%d,0,%ld),(%d,1,%ld),(%d,2,%ld) "
            "ON CONFLICT (peer, origin) DO UPDATE SET seq = EXCLUDED.seq",
            peer, seqs[0], peer, seqs[1], peer, seqs[2]);
-  exec_ok(db, sql);
+  sf_exec(db, sql);
 }
 
 static void reset_store(PGconn *db) {
-  exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_vclock, sp_peer_ack, "
+  sf_exec(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_vclock, sp_peer_ack, "
               "sp_tombstone_barrier, sp_log_floor, sp_region_clock");
 }
 
@@ -339,9 +249,9 @@ static void reset_store(PGconn *db) {
  * region 2 wrote its seq 1..3 before it saw the delete. */
 static void test_gc_local_vectors(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   reset_store(db);
-  exec_ok(db, "SELECT sp_apply_remote('["
+  sf_exec(db, "SELECT sp_apply_remote('["
               "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"cl\":1,\"hlc\":100,"
               "\"region\":1,\"origin\":1,\"seq\":1},"
               "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"cl\":2,\"hlc\":200,"
@@ -352,26 +262,26 @@ static void test_gc_local_vectors(void **state) {
               "\"region\":2,\"origin\":2,\"seq\":2},"
               "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"x\",\"cl\":1,\"hlc\":160,"
               "\"region\":2,\"origin\":2,\"seq\":3}]'::jsonb, 0::smallint)");
-  assert_int_equal(count(db, "SELECT seq FROM sp_vclock WHERE origin = 1"), 2);
+  assert_int_equal(sf_int(db, "SELECT seq FROM sp_vclock WHERE origin = 1"), 2);
   /* peer 2 never heard from: nothing, not even a barrier */
   set_ack(db, 1, (long[]){0, 2, 3});
   assert_int_equal(gc_local(db, 0, 3), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
   /* peer 2 has the delete too: the barrier is B = {0, 2, 3} and everyone
    * already has all of it, so c goes at once; the domain claim's tombstone
    * stays (a kept type) */
   set_ack(db, 2, (long[]){0, 2, 3});
-  long before = count(db, "SELECT count(*) FROM sp_entity");
+  long before = sf_int(db, "SELECT count(*) FROM sp_entity");
   assert_int_equal(gc_local(db, 0, 3), 1);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity WHERE id = 'c'"), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity"), before - 1);
-  assert_int_equal(count(db, "SELECT cl FROM sp_entity WHERE type = 'domain' AND id = 'd'"), 2);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity WHERE id = 'c'"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity"), before - 1);
+  assert_int_equal(sf_int(db, "SELECT cl FROM sp_entity WHERE type = 'domain' AND id = 'd'"), 2);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
 
   /* a second delete, by region 1 (seq 4, after its seq 3 below); region 2
    * wrote its seq 4 and 5 before it saw the delete: the tombstone waits for
    * everyone to have region 2's writes up to 5 */
-  exec_ok(db, "SELECT sp_apply_remote('["
+  sf_exec(db, "SELECT sp_apply_remote('["
               "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"y\",\"cl\":1,\"hlc\":300,"
               "\"region\":1,\"origin\":1,\"seq\":3},"
               "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"y\",\"cl\":2,\"hlc\":400,"
@@ -381,18 +291,18 @@ static void test_gc_local_vectors(void **state) {
   set_ack(db, 1, (long[]){0, 4, 4});
   set_ack(db, 2, (long[]){0, 4, 5}); /* region 2: has the delete, and its own 5 */
   assert_int_equal(gc_local(db, 0, 3), 0);
-  assert_int_equal(count(db, "SELECT barrier[3] FROM sp_tombstone_barrier WHERE id = 'y'"), 5);
+  assert_int_equal(sf_int(db, "SELECT barrier[3] FROM sp_tombstone_barrier WHERE id = 'y'"), 5);
   /* region 2's seq 5 reaches region 1 but not us (region 0): still held */
   set_ack(db, 1, (long[]){0, 4, 5});
   assert_int_equal(gc_local(db, 0, 3), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity WHERE id = 'y'"), 1);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity WHERE id = 'y'"), 1);
   /* and here: collected; later writes of region 2 were not needed */
-  exec_ok(db, "SELECT sp_apply_remote('["
+  sf_exec(db, "SELECT sp_apply_remote('["
               "{\"k\":1,\"p\":\"p\",\"t\":\"component\",\"i\":\"x\",\"f\":\"name\",\"v\":\"b\","
               "\"cl\":1,\"hlc\":320,\"region\":2,\"origin\":2,\"seq\":5}]'::jsonb, 0::smallint)");
   assert_int_equal(gc_local(db, 0, 3), 1);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity WHERE id = 'y'"), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity WHERE id = 'y'"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_tombstone_barrier"), 0);
   PQfinish(db);
 }
 
@@ -409,7 +319,7 @@ static void expect_refused(PGconn *db, const char *sql, const char *words) {
 
 static void test_gc_bad_input(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   expect_refused(db, "SELECT sp_gc_tombstones(NULL)", "two-dimensional");
   expect_refused(db, "SELECT sp_gc_tombstones('{1,2}'::bigint[])", "two-dimensional");
   expect_refused(db, "SELECT sp_gc_tombstones('{{1},{2}}'::bigint[])", "a column for each");
@@ -425,7 +335,7 @@ static void test_gc_bad_input(void **state) {
 /* After collection, old changes of the entity that come again stay out. */
 static void test_gc_no_resurrection(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   reset_store(db);
   static const char *create =
       "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"cl\":1,\"hlc\":100,"
@@ -439,30 +349,30 @@ static void test_gc_no_resurrection(void **state) {
   char sql[2048];
   snprintf(sql, sizeof sql, "SELECT sp_apply_remote('[%s,%s,%s]'::jsonb, 0::smallint)", create,
            field, del);
-  exec_ok(db, sql);
+  sf_exec(db, sql);
   set_ack(db, 1, (long[]){0, 3, 0});
   assert_int_equal(gc_local(db, 0, 2), 1);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity"), 0);
   /* a peer sends the old changes again: skipped, at or below sp_vclock */
-  assert_int_equal(count(db, sql), 0);
+  assert_int_equal(sf_int(db, sql), 0);
   /* a snapshot chunk read before its source applied the delete */
   snprintf(sql, sizeof sql, "SELECT sp_apply_snapshot('[%s,%s]'::jsonb, 0::smallint, NULL)",
            create, field);
-  assert_int_equal(count(db, sql), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity"), 0);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_field"), 0);
+  assert_int_equal(sf_int(db, sql), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_field"), 0);
   /* ... while its rows this region lacks still apply, and its vector is
    * adopted as before */
-  assert_int_equal(count(db, "SELECT sp_apply_snapshot('["
-                             "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"n\",\"cl\":1,"
-                             "\"hlc\":300,\"region\":1,\"origin\":1,\"seq\":4},"
-                             "{\"k\":1,\"p\":\"p\",\"t\":\"component\",\"i\":\"n\",\"f\":\"name\","
-                             "\"v\":\"new\",\"cl\":1,\"hlc\":300,\"region\":1,\"origin\":1,"
-                             "\"seq\":5}]'::jsonb, 0::smallint, '{\"1\": 5}'::jsonb)"),
+  assert_int_equal(sf_int(db, "SELECT sp_apply_snapshot('["
+                              "{\"k\":2,\"p\":\"p\",\"t\":\"component\",\"i\":\"n\",\"cl\":1,"
+                              "\"hlc\":300,\"region\":1,\"origin\":1,\"seq\":4},"
+                              "{\"k\":1,\"p\":\"p\",\"t\":\"component\",\"i\":\"n\",\"f\":\"name\","
+                              "\"v\":\"new\",\"cl\":1,\"hlc\":300,\"region\":1,\"origin\":1,"
+                              "\"seq\":5}]'::jsonb, 0::smallint, '{\"1\": 5}'::jsonb)"),
                    2);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_entity WHERE id = 'n' AND cl = 1"), 1);
-  assert_int_equal(count(db, "SELECT seq FROM sp_vclock WHERE origin = 1"), 5);
-  assert_int_equal(count(db, "SELECT seq FROM sp_log_floor WHERE origin = 1"), 5);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_entity WHERE id = 'n' AND cl = 1"), 1);
+  assert_int_equal(sf_int(db, "SELECT seq FROM sp_vclock WHERE origin = 1"), 5);
+  assert_int_equal(sf_int(db, "SELECT seq FROM sp_log_floor WHERE origin = 1"), 5);
   PQfinish(db);
 }
 
@@ -473,5 +383,5 @@ int main(void) {
       cmocka_unit_test(test_gc_bad_input),
       cmocka_unit_test(test_gc_no_resurrection),
   };
-  return cmocka_run_group_tests_name("store_gc", tests, setup, teardown);
+  return cmocka_run_group_tests_name("store_gc", tests, sf_setup, sf_teardown);
 }

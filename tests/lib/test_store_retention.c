@@ -20,48 +20,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sp_fixture.h"
-#include "sp_migrate.h"
+#include "store_fixture.h"
 
-static sp_fixture_pg g_pg;
 static PGconn *g_db;
 
 static int setup(void **state) {
-  (void)state;
-  if (sp_fixture_pg_start(&g_pg))
+  if (sf_setup(state))
     return -1;
-  char dir[PATH_MAX], err[512];
-  const char *src = getenv("SP_SRCDIR");
-  snprintf(dir, sizeof dir, "%s/lib/sql", src && *src ? src : ".");
-  if (sp_migrate_run(g_pg.conninfo, dir, NULL, err, sizeof err)) {
-    fprintf(stderr, "migrate: %s\n", err);
-    return -1;
-  }
-  g_db = PQconnectdb(g_pg.conninfo);
+  g_db = PQconnectdb(sf_conninfo());
   return PQstatus(g_db) == CONNECTION_OK ? 0 : -1;
 }
 
 static int teardown(void **state) {
-  (void)state;
   PQfinish(g_db);
-  sp_fixture_pg_stop(&g_pg);
-  return 0;
-}
-
-static void exec_ok(const char *sql) {
-  PGresult *r = PQexec(g_db, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("%s: %s", sql, PQerrorMessage(g_db));
-  PQclear(r);
-}
-
-static long long int_of(const char *sql) {
-  PGresult *r = PQexec(g_db, sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
-    fail_msg("%s: %s", sql, PQerrorMessage(g_db));
-  long long v = PQgetisnull(r, 0, 0) ? -1 : atoll(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
+  return sf_teardown(state);
 }
 
 /* The rows of a sp_trim_log_max call as "origin:floor:deleted:given_up;"
@@ -91,11 +63,11 @@ static void log_row(int origin, int seq, int age_ms) {
            "logged_at) VALUES (%d, %d, 2, 'p', 'component', 'c%d-%d', 1, %d, %d, "
            "now() - %d * interval '1 millisecond')",
            origin, seq, origin, seq, seq, origin, age_ms);
-  exec_ok(q);
+  sf_exec(g_db, q);
 }
 
 static void reset(void) {
-  exec_ok("TRUNCATE sp_change_log, sp_vclock, sp_peer_ack, sp_log_floor");
+  sf_exec(g_db, "TRUNCATE sp_change_log, sp_vclock, sp_peer_ack, sp_log_floor");
 }
 
 static void test_cut_past_acks(void **state) {
@@ -104,27 +76,28 @@ static void test_cut_past_acks(void **state) {
   /* origin 0: 1..6 old, 7 young, 8 old (logged out of order), 9..10 young */
   for (int s = 1; s <= 10; s++)
     log_row(0, s, s <= 6 || s == 8 ? 60000 : 0);
-  exec_ok("INSERT INTO sp_vclock VALUES (0, 10)");
+  sf_exec(g_db, "INSERT INTO sp_vclock VALUES (0, 10)");
   /* peer 1 has everything, peer 2 up to 3, peer 3 never answered */
-  exec_ok("INSERT INTO sp_peer_ack VALUES (1, 0, 10), (2, 0, 3)");
+  sf_exec(g_db, "INSERT INTO sp_peer_ack VALUES (1, 0, 10), (2, 0, 3)");
   char out[512];
   trim("{1,2}", "0", "NULL", out, sizeof out);
   assert_string_equal(out, "0:3:3:-;"); /* the acked rows only */
   trim("{1,2}", "0", "30000", out, sizeof out);
   assert_string_equal(out, "0:6:3:{2};"); /* 4..6: peer 2 given up on */
-  assert_int_equal(int_of("SELECT (string_agg(seq::text, ',' ORDER BY seq) = '7,8,9,10')::int "
+  assert_int_equal(sf_int(g_db,
+                          "SELECT (string_agg(seq::text, ',' ORDER BY seq) = '7,8,9,10')::int "
                           "FROM sp_change_log"),
                    1);
-  assert_int_equal(int_of("SELECT seq FROM sp_log_floor WHERE origin = 0"), 6);
+  assert_int_equal(sf_int(g_db, "SELECT seq FROM sp_log_floor WHERE origin = 0"), 6);
   /* nothing more expires: no row, floor unchanged */
   trim("{1,2}", "0", "30000", out, sizeof out);
   assert_string_equal(out, "");
   /* a peer without ack rows is named too; the young row 7 bounds the cut */
-  exec_ok("UPDATE sp_change_log SET logged_at = now() - interval '1 minute' WHERE seq = 7");
-  exec_ok("INSERT INTO sp_peer_ack VALUES (3, 1, 0)");
+  sf_exec(g_db, "UPDATE sp_change_log SET logged_at = now() - interval '1 minute' WHERE seq = 7");
+  sf_exec(g_db, "INSERT INTO sp_peer_ack VALUES (3, 1, 0)");
   trim("{1,2,3}", "0", "30000", out, sizeof out);
   assert_string_equal(out, "0:8:2:{2,3};");
-  assert_int_equal(int_of("SELECT min(seq) FROM sp_change_log"), 9);
+  assert_int_equal(sf_int(g_db, "SELECT min(seq) FROM sp_change_log"), 9);
 }
 
 static void test_gap_and_refusal(void **state) {
@@ -134,11 +107,11 @@ static void test_gap_and_refusal(void **state) {
   log_row(1, 1, 60000);
   log_row(1, 2, 60000);
   log_row(1, 5, 60000);
-  exec_ok("INSERT INTO sp_vclock VALUES (1, 2)");
+  sf_exec(g_db, "INSERT INTO sp_vclock VALUES (1, 2)");
   char out[512];
   trim("{2}", "0", "1000", out, sizeof out);
   assert_string_equal(out, "1:2:2:{2};");
-  assert_int_equal(int_of("SELECT count(*) FROM sp_change_log WHERE seq = 5"), 1);
+  assert_int_equal(sf_int(g_db, "SELECT count(*) FROM sp_change_log WHERE seq = 5"), 1);
   /* a maximum below the retention is refused */
   PGresult *r = PQexec(g_db, "SELECT * FROM sp_trim_log_max('{2}', 5000, 1000)");
   assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);

@@ -23,78 +23,7 @@
 #include <string.h>
 
 #include "crdt.h"
-#include "sp_fixture.h"
-#include "sp_migrate.h"
-
-static sp_fixture_pg g_pg;
-
-static int setup(void **state) {
-  (void)state;
-  if (sp_fixture_pg_start(&g_pg))
-    return -1;
-  char dir[PATH_MAX], err[512];
-  const char *src = getenv("SP_SRCDIR");
-  snprintf(dir, sizeof dir, "%s/lib/sql", src && *src ? src : ".");
-  if (sp_migrate_run(g_pg.conninfo, dir, NULL, err, sizeof err)) {
-    fprintf(stderr, "migrate: %s\n", err);
-    return -1;
-  }
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  sp_fixture_pg_stop(&g_pg);
-  return 0;
-}
-
-static PGconn *db_connect(void) {
-  PGconn *db = PQconnectdb(g_pg.conninfo);
-  assert_int_equal(PQstatus(db), CONNECTION_OK);
-  return db;
-}
-
-static void exec_ok(PGconn *db, const char *sql) {
-  PGresult *r = PQexec(db, sql);
-  if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("%s: %s", sql, PQerrorMessage(db));
-  PQclear(r);
-}
-
-static uint64_t rnd(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-/* Runs sp_merge_change for c; returns 1/0 as PostgreSQL says. */
-static int sql_merge(PGconn *db, const crdt_change *c) {
-  char kind[4], cl[16], hlc[32], region[8], origin[8], seq[32];
-  snprintf(kind, sizeof kind, "%d", c->kind == CRDT_FIELD ? 1 : 2);
-  snprintf(cl, sizeof cl, "%u", c->cl);
-  snprintf(hlc, sizeof hlc, "%llu", (unsigned long long)c->stamp.hlc);
-  snprintf(region, sizeof region, "%u", c->stamp.region);
-  snprintf(origin, sizeof origin, "%u", c->origin);
-  snprintf(seq, sizeof seq, "%llu", (unsigned long long)c->seq);
-  char value[64];
-  const char *v = NULL;
-  if (c->kind == CRDT_FIELD && !c->value_null) {
-    snprintf(value, sizeof value, "%.*s", (int)c->value_len, (const char *)c->value);
-    v = value;
-  }
-  const char *p[11] = {kind, c->page, c->type, c->id, c->kind == CRDT_FIELD ? c->field : NULL,
-                       v, cl, hlc, region, origin, seq};
-  PGresult *r = PQexecParams(db,
-                             "SELECT sp_merge_change($1::smallint, $2, $3, $4, $5, $6, "
-                             "$7::integer, $8::bigint, $9::smallint, $10::smallint, $11::bigint)",
-                             11, NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("sp_merge_change: %s", PQerrorMessage(db));
-  int changed = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-  PQclear(r);
-  return changed;
-}
+#include "store_fixture.h"
 
 /* Loads sp_entity + sp_field into a new document. */
 static crdt_doc *load_doc(PGconn *db) {
@@ -150,17 +79,17 @@ static void random_change(uint64_t *seed, crdt_change *c) {
   static const char *fields[] = {"name", "status", "body"};
   static const char *values[] = {"a", "b", "ab", "", "B", "\xc3\xa9"};
   memset(c, 0, sizeof *c);
-  c->kind = rnd(seed) % 3 == 0 ? CRDT_EXIST : CRDT_FIELD;
-  c->page = pages[rnd(seed) % 2];
+  c->kind = sf_rnd(seed) % 3 == 0 ? CRDT_EXIST : CRDT_FIELD;
+  c->page = pages[sf_rnd(seed) % 2];
   c->type = "component";
-  c->id = ids[rnd(seed) % 3];
-  c->cl = 1 + (uint32_t)(rnd(seed) % 4);
-  c->stamp.hlc = CRDT_HLC_MAKE(1000 + rnd(seed) % 4, rnd(seed) % 2); /* many ties */
+  c->id = ids[sf_rnd(seed) % 3];
+  c->cl = 1 + (uint32_t)(sf_rnd(seed) % 4);
+  c->stamp.hlc = CRDT_HLC_MAKE(1000 + sf_rnd(seed) % 4, sf_rnd(seed) % 2); /* many ties */
   if (c->kind == CRDT_FIELD) {
-    c->field = fields[rnd(seed) % 3];
-    c->value_null = rnd(seed) % 6 == 0;
+    c->field = fields[sf_rnd(seed) % 3];
+    c->value_null = sf_rnd(seed) % 6 == 0;
     if (!c->value_null) {
-      const char *v = values[rnd(seed) % 6];
+      const char *v = values[sf_rnd(seed) % 6];
       c->value = (const uint8_t *)v;
       c->value_len = strlen(v);
     }
@@ -169,27 +98,27 @@ static void random_change(uint64_t *seed, crdt_change *c) {
 
 static void test_sql_merge_matches_crdt(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   uint64_t seed = 42;
   for (int round = 0; round < 40; round++) {
-    exec_ok(db, "TRUNCATE sp_entity, sp_field");
+    sf_exec(db, "TRUNCATE sp_entity, sp_field");
     crdt_doc *mem;
     assert_int_equal(crdt_doc_new(NULL, &mem), 0);
     crdt_change cs[120];
-    int n = 20 + (int)(rnd(&seed) % 100);
+    int n = 20 + (int)(sf_rnd(&seed) % 100);
     for (int i = 0; i < n; i++) {
       crdt_change *c = &cs[i];
       random_change(&seed, c);
-      c->stamp.region = (crdt_region)(rnd(&seed) % 3);
+      c->stamp.region = (crdt_region)(sf_rnd(&seed) % 3);
       c->origin = c->stamp.region;
-      c->seq = 1 + rnd(&seed) % 5;
+      c->seq = 1 + sf_rnd(&seed) % 5;
     }
     /* each change once, then everything again in another order (duplicates) */
     for (int pass = 0; pass < 2; pass++) {
       for (int k = 0; k < n; k++) {
-        int i = pass == 0 ? k : (int)(rnd(&seed) % (uint64_t)n);
+        int i = pass == 0 ? k : (int)(sf_rnd(&seed) % (uint64_t)n);
         int a = crdt_doc_merge(mem, &cs[i]);
-        int b = sql_merge(db, &cs[i]);
+        int b = sf_merge(db, &cs[i]);
         assert_true(a >= 0);
         if (a != b)
           fail_msg("round %d change %d: crdt says %d, SQL says %d", round, i, a, b);
@@ -214,25 +143,17 @@ static void expect_error(PGconn *db, const char *ops, const char *sqlstate) {
   PQclear(r);
 }
 
-static long count(PGconn *db, const char *sql) {
-  PGresult *r = PQexec(db, sql);
-  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
-  long v = atol(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
-}
-
 static void test_sp_write_intents(void **state) {
   (void)state;
-  PGconn *db = db_connect();
-  exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_outbox, sp_region_clock, sp_vclock");
+  PGconn *db = sf_connect();
+  sf_exec(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_outbox, sp_region_clock, sp_vclock");
   PGresult *r = write_ops(db, "[{\"op\":\"create\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"},"
                               "{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"API\"}]");
   assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
   PQclear(r);
   /* create of an existing entity, set on a missing one, delete of a missing
    * one, recreate of a live one, a malformed op: refused, nothing written */
-  long log_before = count(db, "SELECT count(*) FROM sp_change_log");
+  long log_before = sf_int(db, "SELECT count(*) FROM sp_change_log");
   expect_error(db, "[{\"op\":\"create\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]", "23505");
   expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"zz\",\"f\":\"name\",\"v\":\"x\"}]", "P0002");
   expect_error(db, "[{\"op\":\"delete\",\"p\":\"p\",\"t\":\"component\",\"i\":\"zz\"}]", "P0002");
@@ -242,25 +163,25 @@ static void test_sp_write_intents(void **state) {
   /* a failing op after a good one rolls the good one back too */
   expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"half\"},"
                    "{\"op\":\"require\",\"p\":\"p\",\"t\":\"incident\",\"i\":\"nope\"}]", "P0002");
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_change_log"), log_before);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_field WHERE value = 'half'"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_change_log"), log_before);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_field WHERE value = 'half'"), 0);
   /* delete drops the fields; a set on the deleted entity is refused;
    * recreate brings it back in a new life */
   r = write_ops(db, "[{\"op\":\"delete\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"}]");
   assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
   PQclear(r);
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_field"), 0);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_field"), 0);
   expect_error(db, "[{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"x\"}]", "P0002");
   r = write_ops(db, "[{\"op\":\"recreate\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\"},"
                     "{\"op\":\"set\",\"p\":\"p\",\"t\":\"component\",\"i\":\"c\",\"f\":\"name\",\"v\":\"again\"}]");
   assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
   PQclear(r);
-  assert_int_equal(count(db, "SELECT cl FROM sp_entity WHERE id = 'c'"), 3);
+  assert_int_equal(sf_int(db, "SELECT cl FROM sp_entity WHERE id = 'c'"), 3);
   /* sequence numbers are dense, stamps strictly increase, the vector follows */
-  assert_int_equal(count(db, "SELECT count(*) FROM sp_change_log WHERE origin = 3"), 5);
-  assert_int_equal(count(db, "SELECT max(seq) FROM sp_change_log WHERE origin = 3"), 5);
-  assert_int_equal(count(db, "SELECT seq FROM sp_vclock WHERE origin = 3"), 5);
-  assert_int_equal(count(db, "SELECT count(DISTINCT hlc) FROM sp_change_log"), 3);
+  assert_int_equal(sf_int(db, "SELECT count(*) FROM sp_change_log WHERE origin = 3"), 5);
+  assert_int_equal(sf_int(db, "SELECT max(seq) FROM sp_change_log WHERE origin = 3"), 5);
+  assert_int_equal(sf_int(db, "SELECT seq FROM sp_vclock WHERE origin = 3"), 5);
+  assert_int_equal(sf_int(db, "SELECT count(DISTINCT hlc) FROM sp_change_log"), 3);
   PQfinish(db);
 }
 
@@ -284,39 +205,35 @@ static void json_change(char *buf, size_t cap, const crdt_change *c) {
 
 static long apply_json(PGconn *db, const char *json) {
   const char *p[1] = {json};
-  PGresult *r = PQexecParams(db, "SELECT sp_apply_remote($1::jsonb)", 1, NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK)
-    fail_msg("sp_apply_remote: %s", PQerrorMessage(db));
-  long v = atol(PQgetvalue(r, 0, 0));
-  PQclear(r);
-  return v;
+  return (long)sf_int_params(db, "SELECT sp_apply_remote($1::jsonb)", 1, p);
 }
 
 static void test_apply_remote_matches_crdt(void **state) {
   (void)state;
-  PGconn *db = db_connect();
+  PGconn *db = sf_connect();
   enum { MAXC = 150, ORIGINS = 3 };
   static char batch[MAXC * 256 + 8];
   uint64_t seed = 7;
   for (int round = 0; round < 40; round++) {
-    exec_ok(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_vclock, sp_region_clock");
+    sf_exec(db, "TRUNCATE sp_entity, sp_field, sp_change_log, sp_vclock, sp_region_clock");
     crdt_doc *mem;
     assert_int_equal(crdt_doc_new(NULL, &mem), 0);
     crdt_change cs[MAXC];
     int order[MAXC];
     uint64_t next_seq[ORIGINS] = {0, 0, 0};
-    int n = 20 + (int)(rnd(&seed) % (MAXC - 20));
+    int n = 20 + (int)(sf_rnd(&seed) % (MAXC - 20));
     for (int i = 0; i < n; i++) {
       crdt_change *c = &cs[i];
       random_change(&seed, c);
-      c->origin = (crdt_region)(1 + rnd(&seed) % ORIGINS);
-      c->stamp.region = rnd(&seed) % 4 ? c->origin : (crdt_region)(rnd(&seed) % 3); /* relays */
+      c->origin = (crdt_region)(1 + sf_rnd(&seed) % ORIGINS);
+      c->stamp.region =
+          sf_rnd(&seed) % 4 ? c->origin : (crdt_region)(sf_rnd(&seed) % 3); /* relays */
       c->seq = ++next_seq[c->origin - 1];
       assert_true(crdt_doc_merge(mem, c) >= 0);
       order[i] = i;
     }
     for (int i = n - 1; i > 0; i--) { /* shuffle: gaps, reversals */
-      int j = (int)(rnd(&seed) % (uint64_t)(i + 1)), t = order[i];
+      int j = (int)(sf_rnd(&seed) % (uint64_t)(i + 1)), t = order[i];
       order[i] = order[j];
       order[j] = t;
     }
@@ -325,14 +242,14 @@ static void test_apply_remote_matches_crdt(void **state) {
      * store counts once in what sp_apply_remote returns */
     long applied = 0;
     for (int at = 0; at < n;) {
-      int len = 1 + (int)(rnd(&seed) % 40);
+      int len = 1 + (int)(sf_rnd(&seed) % 40);
       if (len > n - at)
         len = n - at;
       strcpy(batch, "[");
       for (int k = 0; k < len; k++) {
         json_change(batch, sizeof batch, &cs[order[at + k]]);
-        if (at > 0 && rnd(&seed) % 4 == 0)
-          json_change(batch, sizeof batch, &cs[order[rnd(&seed) % (uint64_t)at]]);
+        if (at > 0 && sf_rnd(&seed) % 4 == 0)
+          json_change(batch, sizeof batch, &cs[order[sf_rnd(&seed) % (uint64_t)at]]);
       }
       strcat(batch, "]");
       applied += apply_json(db, batch);
@@ -342,7 +259,7 @@ static void test_apply_remote_matches_crdt(void **state) {
     for (int o = 1; o <= ORIGINS; o++) {
       char sql[96];
       snprintf(sql, sizeof sql, "SELECT coalesce(max(seq), 0) FROM sp_vclock WHERE origin = %d", o);
-      assert_int_equal(count(db, sql), (long)next_seq[o - 1]);
+      assert_int_equal(sf_int(db, sql), (long)next_seq[o - 1]);
     }
     expect_db_equals(db, mem, round);
     crdt_doc_free(mem);
@@ -356,5 +273,5 @@ int main(void) {
       cmocka_unit_test(test_sp_write_intents),
       cmocka_unit_test(test_apply_remote_matches_crdt),
   };
-  return cmocka_run_group_tests_name("store_sql", tests, setup, teardown);
+  return cmocka_run_group_tests_name("store_sql", tests, sf_setup, sf_teardown);
 }

@@ -30,7 +30,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <curl/curl.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -57,32 +56,15 @@ static struct {
   int up;
 } g;
 
-typedef dh_out run_out;
-#define run(r, ...) dh_expect_ran(r, dh_run(&g.d, r, g.d.topo, __VA_ARGS__))
-
 /* ---- HTTP with request and response headers ----------------------------------- */
 
 typedef struct resp {
   long status;        /* 0: no answer */
   char *body;         /* malloc()ed, NUL-terminated */
-  size_t len;
   char durable[64];   /* X-Durable response header ("" when absent) */
   char region[64];    /* X-Durable-Region */
   long long ms;       /* time to the answer */
 } resp;
-
-static size_t on_data(char *p, size_t s, size_t n, void *arg) {
-  resp *r = arg;
-  size_t len = s * n;
-  char *b = realloc(r->body, r->len + len + 1);
-  if (b == NULL)
-    return 0;
-  memcpy(b + r->len, p, len);
-  r->body = b;
-  r->len += len;
-  b[r->len] = '\0';
-  return len;
-}
 
 /* Copies a header's value (trimmed) when the line is `name: value`. */
 static void take_header(const char *line, size_t n, const char *name, char *out, size_t outlen) {
@@ -98,11 +80,10 @@ static void take_header(const char *line, size_t n, const char *name, char *out,
   snprintf(out, outlen, "%.*s", (int)(end - v), v);
 }
 
-static size_t on_header(char *p, size_t s, size_t n, void *arg) {
+static void on_header(const char *line, size_t n, void *arg) {
   resp *r = arg;
-  take_header(p, s * n, "X-Durable", r->durable, sizeof r->durable);
-  take_header(p, s * n, "X-Durable-Region", r->region, sizeof r->region);
-  return s * n;
+  take_header(line, n, "X-Durable", r->durable, sizeof r->durable);
+  take_header(line, n, "X-Durable-Region", r->region, sizeof r->region);
 }
 
 /* One management request to `region` (thread-safe; no cmocka checks).
@@ -110,39 +91,13 @@ static size_t on_header(char *p, size_t s, size_t n, void *arg) {
 static void http(int region, const char *method, const char *path, const char *json,
                  const char *durable, resp *r) {
   memset(r, 0, sizeof *r);
-  CURL *h = curl_easy_init();
-  if (h == NULL)
-    return;
-  char url[512], auth[256], dur[128];
+  char url[512], dur[128];
   snprintf(url, sizeof url, "http://%s:%d%s", dh_addrs[region], g.d.api_port, path);
-  snprintf(auth, sizeof auth, "Authorization: OAuth %s", g.d.key);
-  struct curl_slist *hdrs = curl_slist_append(NULL, auth);
-  if (json)
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
-  if (durable) {
-    snprintf(dur, sizeof dur, "X-Durable: %s", durable);
-    hdrs = curl_slist_append(hdrs, dur);
-  }
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_PROXY, "");
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 15000L);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
-  if (json)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, json);
+  snprintf(dur, sizeof dur, "X-Durable: %s", durable ? durable : "");
+  dh_http_opts o = {durable ? dur : NULL, 15000, on_header, r};
   long long t0 = dh_now_ms();
-  if (curl_easy_perform(h) == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+  r->status = dh_http_with(method, url, g.d.key, json, &o, &r->body);
   r->ms = dh_now_ms() - t0;
-  curl_slist_free_all(hdrs);
-  curl_easy_cleanup(h);
-  if (r->body == NULL)
-    r->body = strdup("");
 }
 
 static json_t *body_json(const resp *r) {
@@ -184,40 +139,32 @@ static void incidents_path(char *out, size_t n) {
   snprintf(out, n, "/v1/pages/%s/incidents", g.d.page);
 }
 
-/* SIGTERM to a region's process and wait (up to 15 s) for its exit 0. */
-static void stop_gracefully(const char *region, const char *proc) {
-  pid_t pid = dh_pidfile(&g.d, region, proc);
-  assert_true(dh_alive(pid));
-  assert_int_equal(kill(pid, SIGTERM), 0);
-  int st = 0;
-  pid_t w = 0;
-  long long end = dh_now_ms() + 15000;
-  while ((w = waitpid(pid, &st, WNOHANG)) == 0 && dh_now_ms() < end)
-    dh_sleep_ms(20);
-  assert_int_equal(w, pid);
-  assert_true(WIFEXITED(st));
-  assert_int_equal(WEXITSTATUS(st), 0);
+/* A durable incident created in us-east: it must answer 201 with X-Durable:
+ * confirmed.  Its id into id[64]; the answer in *r (free(r->body)). */
+static void durable_incident(const char *json, resp *r, char id[64]) {
+  char path[128];
+  incidents_path(path, sizeof path);
+  http(0, "POST", path, json, "true", r);
+  if (r->status != 201 || strcmp(r->durable, "confirmed") != 0)
+    fail_msg("durable write: %ld, X-Durable \"%s\": %s", r->status, r->durable, r->body);
+  json_t *j = body_json(r);
+  snprintf(id, 64, "%s", json_string_value(json_object_get(j, "id")));
+  json_decref(j);
 }
 
 /* ---- setup ------------------------------------------------------------------------ */
 
 static int setup(void **state) {
   (void)state;
-  if (dh_deploy_init(&g.d, "sp-durable", PORT_SHIFT) != 0)
+  if (dh_deploy_setup(&g.d, "sp-durable", PORT_SHIFT) != 0)
     return -1;
-  if (access(g.d.statusctl, X_OK) != 0 || access(g.d.replicad, X_OK) != 0) {
-    fprintf(stderr, "%s or %s is not built (make)\n", g.d.statusctl, g.d.replicad);
-    return -1;
-  }
   g.d.child_env = DURABLE_ENV;
-  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
+  return 0;
 }
 
 static int teardown(void **state) {
   (void)state;
-  dh_deploy_down(&g.d);
-  dh_kill_leftovers(&g.d);
-  dh_deploy_release(&g.d);
+  dh_deploy_teardown(&g.d);
   return 0;
 }
 
@@ -225,19 +172,9 @@ static int teardown(void **state) {
 
 static void test_up(void **state) {
   (void)state;
-  run_out *r = malloc(sizeof *r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, "up");
-  run(r, "endpoints", "--json", (const char *)NULL);
-  dh_expect(r, 0, "endpoints");
-  json_t *e = json_loads(r->out, 0, NULL);
-  assert_non_null(e);
-  snprintf(g.d.key, sizeof g.d.key, "%s", json_string_value(json_object_get(e, "admin_key")));
-  snprintf(g.d.page, sizeof g.d.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
-  json_decref(e);
+  dh_up(&g.d);
   g.up = 1;
   dh_wait_converged(&g.d, "after up", CONVERGE_MS);
-  free(r);
 }
 
 static void test_bad_header(void **state) {
@@ -258,25 +195,20 @@ static void test_bad_header(void **state) {
 static void test_confirmed_and_readable(void **state) {
   (void)state;
   assert_true(g.up);
-  char path[128];
-  incidents_path(path, sizeof path);
   resp r;
-  http(0, "POST", path, "{\"incident\":{\"name\":\"durable one\",\"status\":\"investigating\"}}",
-       "true", &r);
-  if (r.status != 201 || strcmp(r.durable, "confirmed") != 0)
-    fail_msg("durable write: %ld, X-Durable \"%s\": %s", r.status, r.durable, r.body);
+  char id[64];
+  durable_incident("{\"incident\":{\"name\":\"durable one\",\"status\":\"investigating\"}}", &r,
+                   id);
   int at = region_index(r.region);
   if (at <= 0) /* a peer, never us-east itself */
     fail_msg("X-Durable-Region \"%s\"", r.region);
-  json_t *j = body_json(&r);
-  char id[64];
-  snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
-  json_decref(j);
   /* at the moment of the answer: no waiting */
   assert_int_equal(incident_status(at, id), 200);
   printf("# durable write confirmed by %s in %lld ms\n", r.region, r.ms);
   free(r.body);
   /* "1" is accepted too */
+  char path[128];
+  incidents_path(path, sizeof path);
   http(0, "POST", path, "{\"incident\":{\"name\":\"durable two\"}}", "1", &r);
   assert_int_equal(r.status, 201);
   assert_string_equal(r.durable, "confirmed");
@@ -286,17 +218,20 @@ static void test_confirmed_and_readable(void **state) {
 /* us-east's replicad publishes the acks it persisted on the region's acks
  * channel (what statusd-api listens to): {"peer","origin","seq"} for
  * us-east's own origin, covering a write just made there. */
+static int covers_seq(const char *msg, size_t len, void *arg) {
+  json_t *m = json_loadb(msg, len, 0, NULL);
+  const char *peer = json_string_value(json_object_get(m, "peer"));
+  int seen = peer && region_index(peer) > 0 &&
+             json_integer_value(json_object_get(m, "origin")) == 0 &&
+             json_integer_value(json_object_get(m, "seq")) >= *(json_int_t *)arg;
+  json_decref(m);
+  return seen;
+}
+
 static void test_acks_published(void **state) {
   (void)state;
   assert_true(g.up);
-  struct timeval tv = {5, 0};
-  redisContext *rc = redisConnectWithTimeout(dh_addrs[0], g.d.redis_port, tv);
-  assert_non_null(rc);
-  assert_int_equal(rc->err, 0);
-  redisSetTimeout(rc, tv);
-  redisReply *rep = redisCommand(rc, "SUBSCRIBE sp:local:us-east:acks");
-  assert_non_null(rep);
-  freeReplyObject(rep);
+  redisContext *rc = dh_subscribe(&g.d, 0, "acks");
   char path[128];
   incidents_path(path, sizeof path);
   resp w;
@@ -311,24 +246,7 @@ static void test_acks_published(void **state) {
   json_int_t seq = json_integer_value(json_object_get(json_object_get(dj, "vector"), "0"));
   json_decref(dj);
   assert_true(seq > 0);
-  int seen = 0;
-  long long end = dh_now_ms() + 5000;
-  while (!seen && dh_now_ms() < end) {
-    void *x = NULL;
-    if (redisGetReply(rc, &x) != REDIS_OK)
-      break;
-    rep = x;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
-        rep->element[2]->type == REDIS_REPLY_STRING) {
-      json_t *m = json_loads(rep->element[2]->str, 0, NULL);
-      const char *peer = json_string_value(json_object_get(m, "peer"));
-      seen = peer && region_index(peer) > 0 &&
-             json_integer_value(json_object_get(m, "origin")) == 0 &&
-             json_integer_value(json_object_get(m, "seq")) >= seq;
-      json_decref(m);
-    }
-    freeReplyObject(rep);
-  }
+  int seen = dh_wait_message(rc, 5000, covers_seq, &seq);
   redisFree(rc);
   if (!seen)
     fail_msg("no ack covering us-east's sequence %lld on sp:local:us-east:acks",
@@ -352,8 +270,8 @@ static void *bg_durable(void *arg) {
 static void test_timeout_when_peers_stopped(void **state) {
   (void)state;
   assert_true(g.up);
-  stop_gracefully("eu-west", "statusd-replicad");
-  stop_gracefully("ap-south", "statusd-replicad");
+  dh_stop(&g.d, 1, "statusd-replicad");
+  dh_stop(&g.d, 2, "statusd-replicad");
   bg *b = calloc(1, sizeof *b);
   incidents_path(b->path, sizeof b->path);
   assert_int_equal(pthread_create(&b->t, NULL, bg_durable, b), 0);
@@ -385,10 +303,7 @@ static void test_timeout_when_peers_stopped(void **state) {
   free(b);
   assert_int_equal(incident_status(0, id), 200); /* committed here */
   /* the daemons back: the write reaches everyone */
-  run_out *o = malloc(sizeof *o);
-  run(o, "up", (const char *)NULL);
-  dh_expect(o, 0, "up again");
-  free(o);
+  dh_ctl_ok(&g.d, "up", "up again");
   wait_incident(1, id, CONVERGE_MS);
   wait_incident(2, id, CONVERGE_MS);
 }
@@ -401,26 +316,15 @@ static void kill9(const char *region, const char *proc) {
     fail_msg("%s of %s is not running", proc, region);
   kill(-pid, SIGKILL);
   kill(pid, SIGKILL);
-  long long end = dh_now_ms() + 5000;
-  while (dh_alive(pid) && dh_now_ms() < end)
-    dh_sleep_ms(20);
-  assert_false(dh_alive(pid));
+  dh_wait_gone(pid, 5000);
 }
 
 static void test_region_lost(void **state) {
   (void)state;
   assert_true(g.up);
-  char path[128];
-  incidents_path(path, sizeof path);
   resp r;
-  http(0, "POST", path, "{\"incident\":{\"name\":\"survives\",\"status\":\"identified\"}}",
-       "true", &r);
-  if (r.status != 201 || strcmp(r.durable, "confirmed") != 0)
-    fail_msg("durable write: %ld, X-Durable \"%s\": %s", r.status, r.durable, r.body);
-  json_t *j = body_json(&r);
   char id[64];
-  snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
-  json_decref(j);
+  durable_incident("{\"incident\":{\"name\":\"survives\",\"status\":\"identified\"}}", &r, id);
   free(r.body);
   /* us-east is gone: every process, its database too */
   for (size_t p = 0; p < DH_NPROCS; p++)
@@ -436,23 +340,9 @@ static void test_region_lost(void **state) {
 static void test_logs_clean(void **state) {
   (void)state;
   assert_true(g.up);
-  run_out *r = malloc(sizeof *r);
-  run(r, "down", (const char *)NULL);
-  dh_expect(r, 0, "down with us-east already dead");
-  free(r);
+  dh_ctl_ok(&g.d, "down", "down with us-east already dead");
   for (int i = 1; i < NREGIONS; i++)
-    for (int k = 0; k < 2; k++) {
-      static const char *const procs[] = {"statusd-api", "statusd-replicad"};
-      char path[PATH_MAX + 128];
-      snprintf(path, sizeof path, "%s/%s/log/%s.log", g.d.state, dh_regions[i], procs[k]);
-      FILE *f = fopen(path, "r");
-      assert_non_null(f);
-      char line[8192];
-      while (fgets(line, sizeof line, f))
-        if (strstr(line, "Sanitizer") || strstr(line, "runtime error:"))
-          fail_msg("%s: %s", path, line);
-      fclose(f);
-    }
+    dh_expect_region_logs_clean(&g.d, i);
   g.up = 0;
 }
 

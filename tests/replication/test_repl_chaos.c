@@ -105,24 +105,11 @@ static struct {
   writer w[NREGIONS];
 } g;
 
-/* statusctl --topology <copy> args... (NULL-terminated); the test fails
- * when it cannot run or times out. */
-typedef dh_out run_out;
-#define run(r, ...) dh_expect_ran(r, dh_run(&g.d, r, g.d.topo, __VA_ARGS__))
-
-
-
 /* ---- setup ------------------------------------------------------------------ */
 
 static int setup(void **state) {
   (void)state;
-  if (dh_deploy_init(&g.d, "sp-replchaos", PORT_SHIFT) != 0)
-    return -1;
-  if (access(g.d.statusctl, X_OK) != 0 || access(g.d.replicad, X_OK) != 0) {
-    fprintf(stderr, "%s or %s is not built (make)\n", g.d.statusctl, g.d.replicad);
-    return -1;
-  }
-  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
+  return dh_deploy_setup(&g.d, "sp-replchaos", PORT_SHIFT);
 }
 
 static void writers_stop(void);
@@ -130,9 +117,7 @@ static void writers_stop(void);
 static int teardown(void **state) {
   (void)state;
   writers_stop();
-  dh_deploy_down(&g.d);
-  dh_kill_leftovers(&g.d);
-  dh_deploy_release(&g.d);
+  dh_deploy_teardown(&g.d);
   return 0;
 }
 
@@ -186,26 +171,15 @@ static void writer_main(void *arg) {
   }
 }
 
-static void create_component(int region, const char *name, char *id, size_t len) {
-  char path[256], json[256];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
-  snprintf(json, sizeof json, "{\"component\":{\"name\":\"%s\",\"status\":\"operational\"}}", name);
-  json_t *a = dh_write_ok(&g.d, region, "POST", path, json);
-  const char *s = json_string_value(json_object_get(a, "id"));
-  assert_non_null(s);
-  snprintf(id, len, "%s", s);
-  json_decref(a);
-}
-
 static void writers_start(int round) {
   char name[64];
   g.round = round;
   for (int r = 0; r < NREGIONS; r++) {
     snprintf(name, sizeof name, "own %s %d", dh_regions[r], round);
-    create_component(r, name, g.own[r], sizeof g.own[r]);
+    dh_new_component(&g.d, r, name, "operational", g.own[r], sizeof g.own[r]);
   }
   snprintf(name, sizeof name, "shared %d", round);
-  create_component(0, name, g.shared, sizeof g.shared);
+  dh_new_component(&g.d, 0, name, "operational", g.shared, sizeof g.shared);
   /* the others PATCH it: it must be there first */
   dh_wait_public(&g.d, 1, g.shared, "operational", 5000);
   dh_wait_public(&g.d, 2, g.shared, "operational", 5000);
@@ -372,34 +346,15 @@ static int reap(pid_t pid, long ms) {
   return st;
 }
 
-static void restart(const char *what) {
-  run_out *r = malloc(sizeof *r);
-  assert_non_null(r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, what);
-  free(r);
-}
-
 /* ---- tests, in order -------------------------------------------------------- */
 
 static void test_up(void **state) {
   (void)state;
-  run_out *r = malloc(sizeof *r);
-  assert_non_null(r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, "up");
+  dh_up(&g.d);
   for (int i = 0; i < NREGIONS; i++)
     assert_true(dh_alive(dh_pidfile(&g.d, dh_regions[i], "statusd-replicad")));
-  run(r, "endpoints", "--json", (const char *)NULL);
-  dh_expect(r, 0, "endpoints");
-  json_t *e = json_loads(r->out, 0, NULL);
-  assert_non_null(e);
-  snprintf(g.d.key, sizeof g.d.key, "%s", json_string_value(json_object_get(e, "admin_key")));
-  snprintf(g.d.page, sizeof g.d.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
-  json_decref(e);
   g.up = 1;
   dh_wait_converged(&g.d, "after up", CONVERGE_MS);
-  free(r);
 }
 
 static void test_kill9_under_writes(void **state) {
@@ -415,7 +370,7 @@ static void test_kill9_under_writes(void **state) {
   assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
   dh_sleep_ms(1500);
   long long restarted = wall_ms();
-  restart("up after kill -9");
+  dh_ctl_ok(&g.d, "up", "up after kill -9");
   pid_t again = dh_pidfile(&g.d, "eu-west", "statusd-replicad");
   assert_true(dh_alive(again));
   assert_int_not_equal(again, pid);
@@ -431,27 +386,19 @@ static void test_stopped_30s_under_writes(void **state) {
   assert_true(g.up);
   writers_start(2);
   dh_sleep_ms(500);
-  pid_t pid = dh_pidfile(&g.d, "ap-south", "statusd-replicad");
-  assert_true(dh_alive(pid));
   long long stopped = wall_ms();
-  assert_int_equal(kill(pid, SIGTERM), 0);
-  int st = reap(pid, 15000);
-  assert_true(WIFEXITED(st));
-  assert_int_equal(WEXITSTATUS(st), 0);
+  dh_stop(&g.d, 2, "statusd-replicad");
   /* ap-south really misses what happens meanwhile, eu-west does not */
   char id[64];
-  create_component(0, "made while ap-south is down", id, sizeof id);
+  dh_new_component(&g.d, 0, "made while ap-south is down", "operational", id, sizeof id);
   dh_wait_public(&g.d, 1, id, "operational", 5000);
   dh_sleep_ms(500);
-  char *s = dh_public_status(&g.d, 2, id);
-  assert_non_null(s);
-  assert_string_equal(s, "");
-  free(s);
+  dh_expect_public(&g.d, 2, id, "");
   long long left = stopped + 30000 - wall_ms();
   if (left > 0)
     dh_sleep_ms((long)left);
   long long restarted = wall_ms();
-  restart("up after 30 s down");
+  dh_ctl_ok(&g.d, "up", "up after 30 s down");
   assert_true(dh_alive(dh_pidfile(&g.d, "ap-south", "statusd-replicad")));
   dh_sleep_ms(1000);
   writers_stop();
@@ -466,10 +413,6 @@ static void test_stopped_30s_under_writes(void **state) {
 static void test_wrong_protocol_version(void **state) {
   (void)state;
   assert_true(g.up);
-  char ca[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64];
-  snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
-  snprintf(cert, sizeof cert, "%s/var/tls/ap-south.pem", g.d.dir);
-  snprintf(key, sizeof key, "%s/var/tls/ap-south.key", g.d.dir);
   repl_msg m;
   memset(&m, 0, sizeof m);
   m.type = REPL_MSG_HANDSHAKE;
@@ -488,7 +431,7 @@ static void test_wrong_protocol_version(void **state) {
 
   dh_probe *p = malloc(sizeof *p);
   assert_non_null(p);
-  dh_probe_open(p, &g.d, 0, ca, cert, key);
+  dh_probe_open_as(p, &g.d, 0, 2); /* as ap-south */
   int st = dh_probe_request(p, "POST", "/repl/v1/handshake", b.base, b.len);
   sp_buf_release(&b);
   if (st == 200) {
@@ -513,23 +456,15 @@ static void test_wrong_protocol_version(void **state) {
   free(p);
 
   /* and logged */
-  char path[PATH_MAX + 128], line[8192];
-  snprintf(path, sizeof path, "%s/us-east/log/statusd-replicad.log", g.d.state);
-  FILE *f = fopen(path, "r");
-  assert_non_null(f);
-  int logged = 0;
-  while (fgets(line, sizeof line, f))
-    logged |= strstr(line, "ap-south") != NULL && strstr(line, versions) != NULL;
-  fclose(f);
-  if (!logged)
-    fail_msg("%s has no line naming ap-south and the versions %s", path, versions);
+  if (!dh_log_has(&g.d, 0, 0, "ap-south", versions, NULL))
+    fail_msg("us-east's replicad log has no line naming ap-south and the versions %s", versions);
 
   /* replication between every pair carries on, ap-south <-> us-east too */
   char ids[NREGIONS][64];
   for (int r = 0; r < NREGIONS; r++) {
     char name[64];
     snprintf(name, sizeof name, "after bad version from %s", dh_regions[r]);
-    create_component(r, name, ids[r], sizeof ids[r]);
+    dh_new_component(&g.d, r, name, "operational", ids[r], sizeof ids[r]);
   }
   for (int r = 0; r < NREGIONS; r++)
     for (int to = 0; to < NREGIONS; to++)
@@ -542,23 +477,12 @@ static void test_wrong_protocol_version(void **state) {
 static void test_stop_logs_clean(void **state) {
   (void)state;
   assert_true(g.up);
-  run_out *r = malloc(sizeof *r);
-  assert_non_null(r);
-  run(r, "down", (const char *)NULL);
-  dh_expect(r, 0, "down");
-  free(r);
+  dh_ctl_ok(&g.d, "down", "down");
   for (int i = 0; i < NREGIONS; i++) {
-    char path[PATH_MAX + 128], line[8192];
-    snprintf(path, sizeof path, "%s/%s/log/statusd-replicad.log", g.d.state, dh_regions[i]);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
+    char path[PATH_MAX + 128];
     int listening = 0;
-    while (fgets(line, sizeof line, f)) {
-      if (strstr(line, "Sanitizer") || strstr(line, "runtime error:"))
-        fail_msg("%s: %s", path, line);
-      listening += strstr(line, "\"msg\":\"listening\"") != NULL;
-    }
-    fclose(f);
+    dh_log_path(&g.d, i, "statusd-replicad", path, sizeof path);
+    dh_expect_log_clean(path, &listening, NULL);
     /* eu-west and ap-south were started twice */
     assert_int_equal(listening, i == 0 ? 1 : 2);
   }

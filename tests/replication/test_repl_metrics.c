@@ -26,6 +26,7 @@
 #include "sp_alloc.h"
 #include "sp_buf.h"
 #include "sp_err.h"
+#include "sp_fixture.h"
 
 static const char *const peers[] = {"eu-west", "ap-south"};
 static const char *const origins[] = {"us-east", "eu-west", "ap-south"};
@@ -159,29 +160,12 @@ static void test_promtool_clean(void **state) {
   sp_buf b;
   sp_buf_init(&b, SP_BUF_UNLIMITED);
   render(m, ps, &gl, &b);
-  char dir[] = "/tmp/repl_metrics.XXXXXX";
-  assert_non_null(mkdtemp(dir));
-  char in[64], outp[64], cmd[256];
-  snprintf(in, sizeof in, "%s/in", dir);
-  snprintf(outp, sizeof outp, "%s/out", dir);
-  FILE *f = fopen(in, "w");
-  assert_non_null(f);
-  fputs(b.base, f);
-  assert_int_equal(fclose(f), 0);
-  snprintf(cmd, sizeof cmd, "timeout 60 promtool check metrics < %s > %s 2>&1", in, outp);
-  int st = system(cmd);
-  char report[4096] = "";
-  f = fopen(outp, "r");
-  assert_non_null(f);
-  report[fread(report, 1, sizeof report - 1, f)] = '\0';
-  fclose(f);
-  unlink(in);
-  unlink(outp);
-  rmdir(dir);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || report[0])
+  char report[4096];
+  int st = sp_fixture_promtool(b.base, strlen(b.base), report, sizeof report);
+  if (st != 0 || report[0])
     fail_msg("promtool exit %d (127: not installed; it is a declared dependency):\n%s\n--- "
              "input ---\n%s",
-             WIFEXITED(st) ? WEXITSTATUS(st) : -1, report, b.base);
+             st, report, b.base);
   sp_buf_release(&b);
   repl_metrics_free(m);
 }

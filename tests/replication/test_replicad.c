@@ -53,6 +53,7 @@
 #include "crdt.h"
 #include "deploy_harness.h"
 #include "sp_err.h"
+#include "sp_fixture.h"
 #include "sp_h2.h"
 #include "sp_tls.h"
 
@@ -70,56 +71,33 @@ static struct {
 typedef dh_out run_out;
 #define run(r, ...) dh_expect_ran(r, dh_run(&g.d, r, g.d.topo, __VA_ARGS__))
 
-
-
 /* ---- setup ------------------------------------------------------------------ */
 
 static int setup(void **state) {
   (void)state;
-  if (dh_deploy_init(&g.d, "sp-replicad", PORT_SHIFT) != 0)
-    return -1;
-  if (access(g.d.statusctl, X_OK) != 0 || access(g.d.replicad, X_OK) != 0) {
-    fprintf(stderr, "%s or %s is not built (make)\n", g.d.statusctl, g.d.replicad);
-    return -1;
-  }
-  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
+  return dh_deploy_setup(&g.d, "sp-replicad", PORT_SHIFT);
 }
 
 static int teardown(void **state) {
   (void)state;
-  dh_deploy_down(&g.d);
-  dh_kill_leftovers(&g.d);
-  dh_deploy_release(&g.d);
+  dh_deploy_teardown(&g.d);
   return 0;
 }
 
 /* ---- tests, in order -------------------------------------------------------- */
 
-/* Runs statusd-replicad with `args` (shell words); its exit status, and
- * stdout+stderr in out. */
-static int replicad(const char *args, char *out, size_t len) {
-  char cmd[PATH_MAX * 2];
-  snprintf(cmd, sizeof cmd, "timeout 20 '%s' %s 2>&1", g.d.replicad, args);
-  FILE *f = popen(cmd, "r");
-  assert_non_null(f);
-  size_t n = fread(out, 1, len - 1, f);
-  out[n] = '\0';
-  int st = pclose(f);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Bad command lines and files end with a clear message and status 2. */
 static void test_bad_arguments(void **state) {
   (void)state;
   char out[8192], args[PATH_MAX + 128];
-  assert_int_equal(replicad("", out, sizeof out), 2);
+  assert_int_equal(dh_replicad_cmd(&g.d, "", "", out, sizeof out), 2);
   assert_non_null(strstr(out, "usage: statusd-replicad --topology FILE --region NAME"));
-  assert_int_equal(replicad("--bogus", out, sizeof out), 2);
+  assert_int_equal(dh_replicad_cmd(&g.d, "", "--bogus", out, sizeof out), 2);
   snprintf(args, sizeof args, "--topology '%s' --region mars", g.d.topo);
-  assert_int_equal(replicad(args, out, sizeof out), 2);
+  assert_int_equal(dh_replicad_cmd(&g.d, "", args, out, sizeof out), 2);
   assert_non_null(strstr(out, "no region called mars"));
   snprintf(args, sizeof args, "--topology '%s/nope.json' --region us-east", g.d.dir);
-  assert_int_equal(replicad(args, out, sizeof out), 2);
+  assert_int_equal(dh_replicad_cmd(&g.d, "", args, out, sizeof out), 2);
   assert_non_null(strstr(out, "nope.json"));
   char bad[PATH_MAX + 32];
   snprintf(bad, sizeof bad, "%s/bad.json", g.d.dir);
@@ -128,27 +106,17 @@ static void test_bad_arguments(void **state) {
   fputs("{\"version\": 1, \"cluster\": ", f);
   fclose(f);
   snprintf(args, sizeof args, "--topology '%s' --region us-east", bad);
-  assert_int_equal(replicad(args, out, sizeof out), 2);
+  assert_int_equal(dh_replicad_cmd(&g.d, "", args, out, sizeof out), 2);
   assert_non_null(strstr(out, "invalid JSON"));
 }
 
 static void test_up(void **state) {
   (void)state;
-  run_out *r = malloc(sizeof *r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, "up");
+  dh_up(&g.d);
   for (int i = 0; i < NREGIONS; i++)
     assert_true(dh_alive(dh_pidfile(&g.d, dh_regions[i], "statusd-replicad")));
-  run(r, "endpoints", "--json", (const char *)NULL);
-  dh_expect(r, 0, "endpoints");
-  json_t *e = json_loads(r->out, 0, NULL);
-  assert_non_null(e);
-  snprintf(g.d.key, sizeof g.d.key, "%s", json_string_value(json_object_get(e, "admin_key")));
-  snprintf(g.d.page, sizeof g.d.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
-  json_decref(e);
   g.up = 1;
   dh_wait_converged(&g.d, "after up", CONVERGE_MS);
-  free(r);
 }
 
 /* In a child process: 20 new components and 10 updates of component `id`
@@ -178,19 +146,12 @@ static void test_writes_converge(void **state) {
   assert_true(g.up);
   char path[256], id_a[64], id_b[64];
   /* a component made in us-east shows through the public API elsewhere */
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
-  json_t *a = dh_write_ok(&g.d, 0, "POST", path,
-                       "{\"component\":{\"name\":\"replicated\",\"status\":\"operational\"}}");
-  snprintf(id_a, sizeof id_a, "%s", json_string_value(json_object_get(a, "id")));
-  json_decref(a);
+  dh_new_component(&g.d, 0, "replicated", "operational", id_a, sizeof id_a);
   dh_wait_public(&g.d, 1, id_a, "operational", 5000);
   dh_wait_public(&g.d, 2, id_a, "operational", 5000);
 
   /* one made in ap-south, for the delete-versus-update race */
-  json_t *b = dh_write_ok(&g.d, 2, "POST", path,
-                          "{\"component\":{\"name\":\"doomed\",\"status\":\"operational\"}}");
-  snprintf(id_b, sizeof id_b, "%s", json_string_value(json_object_get(b, "id")));
-  json_decref(b);
+  dh_new_component(&g.d, 2, "doomed", "operational", id_b, sizeof id_b);
   dh_wait_public(&g.d, 0, id_b, "operational", 5000);
   dh_wait_public(&g.d, 1, id_b, "operational", 5000);
 
@@ -259,41 +220,29 @@ static void test_writes_converge(void **state) {
 /* A change applied in eu-west is published on eu-west's Redis changes
  * channel as a crdt delta (statusd-api's fast path); the write is made in
  * us-east, so only eu-west's replicad can have published it. */
+static int has_change_of(const char *msg, size_t len, void *arg) {
+  const char *id = arg;
+  int seen = 0;
+  crdt_delta *d;
+  assert_int_equal(crdt_delta_new(NULL, &d), 0);
+  assert_int_equal(crdt_delta_decode(d, (const uint8_t *)msg, len), 0);
+  for (size_t i = 0; i < crdt_delta_count(d); i++)
+    seen |= strcmp(crdt_delta_get(d, i)->id, id) == 0 && crdt_delta_get(d, i)->origin == 0;
+  crdt_delta_free(d);
+  return seen;
+}
+
 static void test_applied_changes_published(void **state) {
   (void)state;
   assert_true(g.up);
-  struct timeval tv = {5, 0};
-  redisContext *rc = redisConnectWithTimeout(dh_addrs[1], g.d.redis_port, tv);
-  assert_non_null(rc);
-  assert_int_equal(rc->err, 0);
-  redisSetTimeout(rc, tv);
-  redisReply *rep = redisCommand(rc, "SUBSCRIBE sp:local:eu-west:changes");
-  assert_non_null(rep);
-  freeReplyObject(rep);
+  redisContext *rc = dh_subscribe(&g.d, 1, "changes");
   char path[256];
   snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
   json_t *a = dh_write_ok(&g.d, 0, "POST", path,
                        "{\"component\":{\"name\":\"published\",\"status\":\"operational\"}}");
   const char *id = json_string_value(json_object_get(a, "id"));
-  int seen = 0;
-  long long end = dh_now_ms() + 5000;
-  while (!seen && dh_now_ms() < end) {
-    void *r = NULL;
-    if (redisGetReply(rc, &r) != REDIS_OK)
-      break;
-    rep = r;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
-        rep->element[2]->type == REDIS_REPLY_STRING) {
-      crdt_delta *d;
-      assert_int_equal(crdt_delta_new(NULL, &d), 0);
-      assert_int_equal(
-          crdt_delta_decode(d, (const uint8_t *)rep->element[2]->str, rep->element[2]->len), 0);
-      for (size_t i = 0; i < crdt_delta_count(d); i++)
-        seen |= strcmp(crdt_delta_get(d, i)->id, id) == 0 && crdt_delta_get(d, i)->origin == 0;
-      crdt_delta_free(d);
-    }
-    freeReplyObject(rep);
-  }
+  assert_non_null(id);
+  int seen = dh_wait_message(rc, 5000, has_change_of, (void *)id);
   redisFree(rc);
   if (!seen)
     fail_msg("no delta with component %s published on eu-west's channel", id);
@@ -313,23 +262,13 @@ static double peer_sample(const char *body, const char *name, const char *suffix
 /* cmocka: `promtool check metrics` (a declared dependency) exits 0 and
  * reports nothing for `body`; otherwise the test fails with its report. */
 static void expect_promtool_clean(const char *body, size_t len) {
-  char in[PATH_MAX + 32], out[PATH_MAX + 32], cmd[2 * PATH_MAX + 128];
-  snprintf(in, sizeof in, "%s/metrics.txt", g.d.dir);
-  snprintf(out, sizeof out, "%s/promtool.out", g.d.dir);
-  FILE *f = fopen(in, "w");
-  assert_non_null(f);
-  assert_int_equal(fwrite(body, 1, len, f), len);
-  assert_int_equal(fclose(f), 0);
-  snprintf(cmd, sizeof cmd, "timeout 60 promtool check metrics < '%s' > '%s' 2>&1", in, out);
-  int st = system(cmd);
-  char report[4096] = "";
-  f = fopen(out, "r");
-  assert_non_null(f);
-  report[fread(report, 1, sizeof report - 1, f)] = '\0';
-  fclose(f);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || report[0])
-    fail_msg("promtool check metrics: exit %d (127: not installed), report:\n%s\n(input in %s)",
-             WIFEXITED(st) ? WEXITSTATUS(st) : -1, report, in);
+  char report[4096];
+  int st = sp_fixture_promtool(body, len, report, sizeof report);
+  if (st != 0 || report[0]) {
+    /* cmocka cuts long messages: the input goes to stderr first */
+    fprintf(stderr, "--- /metrics input ---\n%.*s\n", (int)len, body);
+    fail_msg("promtool check metrics: exit %d (127: not installed), report:\n%s", st, report);
+  }
 }
 
 /* us-east's /metrics after the writes above: valid Prometheus text with
@@ -339,13 +278,8 @@ static void expect_promtool_clean(const char *body, size_t len) {
 static void test_metrics_and_lag(void **state) {
   (void)state;
   assert_true(g.up);
-  char dir[PATH_MAX + 64], cert[PATH_MAX + 96], key[PATH_MAX + 96], ca[PATH_MAX + 96];
-  snprintf(dir, sizeof dir, "%s/var/tls", g.d.dir);
-  snprintf(ca, sizeof ca, "%s/ca.pem", dir);
-  snprintf(cert, sizeof cert, "%s/eu-west.pem", dir);
-  snprintf(key, sizeof key, "%s/eu-west.key", dir);
   dh_probe *p = malloc(sizeof *p);
-  dh_probe_open(p, &g.d, 0, ca, cert, key);
+  dh_probe_open_as(p, &g.d, 0, 1); /* as eu-west */
   assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 200);
   assert_true(p->body_len > 0); /* 0 also when it outgrew the probe's 64 KiB */
   expect_promtool_clean(p->body, p->body_len);
@@ -453,12 +387,8 @@ static void test_foreign_certificates_refused(void **state) {
 static void test_malformed_body(void **state) {
   (void)state;
   assert_true(g.up);
-  char ca[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64];
-  snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
-  snprintf(cert, sizeof cert, "%s/var/tls/ap-south.pem", g.d.dir);
-  snprintf(key, sizeof key, "%s/var/tls/ap-south.key", g.d.dir);
   dh_probe *p = malloc(sizeof *p);
-  dh_probe_open(p, &g.d, 0, ca, cert, key);
+  dh_probe_open_as(p, &g.d, 0, 2); /* as ap-south */
   static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x34, 0x00, 0x99};
   assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/batch", junk, sizeof junk), 400);
   assert_int_equal(dh_probe_request(p, "POST", "/repl/v1/handshake", junk, sizeof junk), 400);
@@ -472,48 +402,23 @@ static void test_malformed_body(void **state) {
   dh_probe_close(p);
   free(p);
   /* and replication carries on: a write in us-east still reaches ap-south */
-  char path[256];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
-  json_t *a = dh_write_ok(&g.d, 0, "POST", path,
-                       "{\"component\":{\"name\":\"after junk\",\"status\":\"major_outage\"}}");
   char id[64];
-  snprintf(id, sizeof id, "%s", json_string_value(json_object_get(a, "id")));
-  json_decref(a);
+  dh_new_component(&g.d, 0, "after junk", "major_outage", id, sizeof id);
   dh_wait_public(&g.d, 2, id, "major_outage", 5000);
 }
 
 static void test_sigterm_and_catch_up(void **state) {
   (void)state;
   assert_true(g.up);
-  pid_t pid = dh_pidfile(&g.d, "us-east", "statusd-replicad");
-  assert_true(dh_alive(pid));
-  assert_int_equal(kill(pid, SIGTERM), 0);
-  int st = 0;
-  long long end = dh_now_ms() + 15000;
-  pid_t w = 0;
-  while ((w = waitpid(pid, &st, WNOHANG)) == 0 && dh_now_ms() < end)
-    dh_sleep_ms(20);
-  assert_int_equal(w, pid);
-  assert_true(WIFEXITED(st));
-  assert_int_equal(WEXITSTATUS(st), 0);
+  dh_stop(&g.d, 0, "statusd-replicad");
   /* a dead peer blocks no one: eu-west -> ap-south still flows */
-  char path[256], id[64];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
-  json_t *a = dh_write_ok(&g.d, 1, "POST", path,
-                       "{\"component\":{\"name\":\"while down\",\"status\":\"partial_outage\"}}");
-  snprintf(id, sizeof id, "%s", json_string_value(json_object_get(a, "id")));
-  json_decref(a);
+  char id[64];
+  dh_new_component(&g.d, 1, "while down", "partial_outage", id, sizeof id);
   dh_wait_public(&g.d, 2, id, "partial_outage", 5000);
   dh_sleep_ms(300);
-  char *s = dh_public_status(&g.d, 0, id); /* us-east's own replicad is down */
-  assert_non_null(s);
-  assert_string_equal(s, "");
-  free(s);
+  dh_expect_public(&g.d, 0, id, ""); /* us-east's own replicad is down */
   /* restarted, it catches up */
-  run_out *r = malloc(sizeof *r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, "up again");
-  free(r);
+  dh_ctl_ok(&g.d, "up", "up again");
   dh_wait_public(&g.d, 0, id, "partial_outage", 8000);
   dh_wait_converged(&g.d, "after restart", CONVERGE_MS);
 }
@@ -523,27 +428,8 @@ static void test_sigterm_and_catch_up(void **state) {
 static void test_stop_logs_clean(void **state) {
   (void)state;
   assert_true(g.up);
-  run_out *r = malloc(sizeof *r);
-  run(r, "down", (const char *)NULL);
-  dh_expect(r, 0, "down");
-  free(r);
-  for (int i = 0; i < NREGIONS; i++) {
-    char path[PATH_MAX + 128];
-    snprintf(path, sizeof path, "%s/%s/log/statusd-replicad.log", g.d.state, dh_regions[i]);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char line[8192];
-    int listening = 0, stopping = 0;
-    while (fgets(line, sizeof line, f)) {
-      if (strstr(line, "Sanitizer") || strstr(line, "runtime error:"))
-        fail_msg("%s: %s", path, line);
-      listening += strstr(line, "\"msg\":\"listening\"") != NULL;
-      stopping += strstr(line, "\"msg\":\"stopping\"") != NULL;
-    }
-    fclose(f);
-    assert_true(listening >= 1);
-    assert_int_equal(stopping, listening); /* every start ended gracefully */
-  }
+  dh_ctl_ok(&g.d, "down", "down");
+  dh_expect_replicad_logs_clean(&g.d, 1); /* every start ended gracefully */
 }
 
 int main(void) {

@@ -68,60 +68,31 @@ typedef dh_out run_out;
 
 static int setup(void **state) {
   (void)state;
-  if (dh_deploy_init(&g.d, "sp-tombstone-gc", PORT_SHIFT) != 0)
+  if (dh_deploy_setup(&g.d, "sp-tombstone-gc", PORT_SHIFT) != 0)
     return -1;
-  if (access(g.d.statusctl, X_OK) != 0 || access(g.d.replicad, X_OK) != 0) {
-    fprintf(stderr, "%s or %s is not built (make)\n", g.d.statusctl, g.d.replicad);
-    return -1;
-  }
   g.d.check_sanitizer = 1;
-  return dh_deploy_prepare(&g.d) == 0 ? 0 : -1;
+  return 0;
 }
 
 static int teardown(void **state) {
   (void)state;
   if (g.paused > 0)
     kill(g.paused, SIGCONT);
-  dh_deploy_down(&g.d);
-  dh_kill_leftovers(&g.d);
-  dh_deploy_release(&g.d);
+  dh_deploy_teardown(&g.d);
   return 0;
 }
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* The single bigint query q returns in region's database (NULL: -1). */
-static long long sql_int(int region, const char *q) {
-  char ci[512];
-  snprintf(ci, sizeof ci, "host=%s port=%d dbname=%s user=%s connect_timeout=5", dh_addrs[region],
-           g.d.pg_port, g.d.pg_db, g.d.pg_user);
-  PGconn *db = PQconnectdb(ci);
-  if (PQstatus(db) != CONNECTION_OK)
-    fail_msg("connect %s: %s", dh_regions[region], PQerrorMessage(db));
-  PGresult *res = PQexec(db, q);
-  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-    fail_msg("%s in %s: %s", q, dh_regions[region], PQerrorMessage(db));
-  long long v = PQgetisnull(res, 0, 0) ? -1 : atoll(PQgetvalue(res, 0, 0));
-  PQclear(res);
-  PQfinish(db);
-  return v;
-}
-
 /* The first row of query q in region's database as numbers (n columns). */
 static void sql_nums(int region, const char *q, long long *out, int n) {
-  char ci[512];
-  snprintf(ci, sizeof ci, "host=%s port=%d dbname=%s user=%s connect_timeout=5", dh_addrs[region],
-           g.d.pg_port, g.d.pg_db, g.d.pg_user);
-  PGconn *db = PQconnectdb(ci);
-  if (PQstatus(db) != CONNECTION_OK)
-    fail_msg("connect %s: %s", dh_regions[region], PQerrorMessage(db));
-  PGresult *res = PQexec(db, q);
-  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1 || PQnfields(res) != n)
-    fail_msg("%s in %s: %s", q, dh_regions[region], PQerrorMessage(db));
+  PGresult *res = dh_sql(&g.d, region, q);
+  if (PQntuples(res) < 1 || PQnfields(res) != n)
+    fail_msg("%s in %s: %d rows of %d columns, wanted %d columns", q, dh_regions[region],
+             PQntuples(res), PQnfields(res), n);
   for (int i = 0; i < n; i++)
     out[i] = atoll(PQgetvalue(res, 0, i));
   PQclear(res);
-  PQfinish(db);
 }
 
 /* The create of component id and its "name" field as us-east's store has
@@ -220,7 +191,7 @@ static long long store_cl(int region, const char *id) {
   char q[512];
   snprintf(q, sizeof q,
            "SELECT coalesce(max(cl), 0) FROM sp_entity WHERE type = 'component' AND id = '%s'", id);
-  return sql_int(region, q);
+  return dh_sql_int(&g.d, region, q);
 }
 
 /* The causal length of component id in region's statusd-api document, from
@@ -272,45 +243,9 @@ static void wait_collected(int region, const char *id, long ms) {
              id, dh_regions[region], ms, s, d);
 }
 
-/* The value of metric line `name` in region's statusd-replicad /metrics
- * (read with the region's own certificate); -1 when absent. */
-static long long repl_metric(int region, const char *name) {
-  char ca[PATH_MAX + 64], cert[PATH_MAX + 64], key[PATH_MAX + 64];
-  snprintf(ca, sizeof ca, "%s/var/tls/ca.pem", g.d.dir);
-  snprintf(cert, sizeof cert, "%s/var/tls/%s.pem", g.d.dir, dh_regions[region]);
-  snprintf(key, sizeof key, "%s/var/tls/%s.key", g.d.dir, dh_regions[region]);
-  dh_probe *p = malloc(sizeof *p);
-  assert_non_null(p);
-  dh_probe_open(p, &g.d, region, ca, cert, key);
-  assert_int_equal(dh_probe_request(p, "GET", "/metrics", NULL, 0), 200);
-  char pat[256];
-  snprintf(pat, sizeof pat, "\n%s ", name);
-  const char *at = strstr(p->body, pat);
-  long long v = at ? atoll(at + strlen(pat)) : -1;
-  dh_probe_close(p);
-  free(p);
-  return v;
-}
-
-/* The value of metric line `name` in region's statusd-api /metrics. */
-static long long api_metric(int region, const char *name) {
-  char *b = NULL;
-  assert_int_equal(dh_http_region(&g.d, region, "GET", "/metrics", NULL, &b), 200);
-  char pat[256];
-  snprintf(pat, sizeof pat, "\n%s ", name);
-  const char *at = strstr(b, pat);
-  long long v = at ? atoll(at + strlen(pat)) : -1;
-  free(b);
-  return v;
-}
-
+/* A new component, operational and public in every region. */
 static void new_component(int region, const char *name, char *id, size_t len) {
-  char path[256], js[256];
-  snprintf(path, sizeof path, "/v1/pages/%s/components", g.d.page);
-  snprintf(js, sizeof js, "{\"component\":{\"name\":\"%s\",\"status\":\"operational\"}}", name);
-  json_t *a = dh_write_ok(&g.d, region, "POST", path, js);
-  snprintf(id, len, "%s", json_string_value(json_object_get(a, "id")));
-  json_decref(a);
+  dh_new_component(&g.d, region, name, "operational", id, len);
   for (int i = 0; i < NREGIONS; i++)
     dh_wait_public(&g.d, i, id, "operational", 5000);
 }
@@ -323,16 +258,6 @@ static long component_req(int region, const char *method, const char *id, const 
   return st;
 }
 
-static void stop_replicad(int region) {
-  pid_t pid = dh_pidfile(&g.d, dh_regions[region], "statusd-replicad");
-  assert_true(pid > 0 && dh_alive(pid));
-  assert_int_equal(kill(pid, SIGTERM), 0);
-  long long end = dh_now_ms() + 15000;
-  while (dh_alive(pid) && dh_now_ms() < end)
-    dh_sleep_ms(20);
-  assert_false(dh_alive(pid));
-}
-
 /* ---- tests, in order -------------------------------------------------------- */
 
 static void test_up(void **state) {
@@ -340,19 +265,9 @@ static void test_up(void **state) {
   /* inherited by the daemons statusctl starts: trim the change log as soon
    * as every peer has acknowledged (test_reload_after_collection) */
   assert_int_equal(setenv("SP_REPL_LOG_RETENTION_MS", "0", 1), 0);
-  run_out *r = malloc(sizeof *r);
-  run(r, "up", (const char *)NULL);
-  dh_expect(r, 0, "up");
-  run(r, "endpoints", "--json", (const char *)NULL);
-  dh_expect(r, 0, "endpoints");
-  json_t *e = json_loads(r->out, 0, NULL);
-  assert_non_null(e);
-  snprintf(g.d.key, sizeof g.d.key, "%s", json_string_value(json_object_get(e, "admin_key")));
-  snprintf(g.d.page, sizeof g.d.page, "%s", json_string_value(json_object_get(e, "demo_page_id")));
-  json_decref(e);
+  dh_up(&g.d);
   g.up = 1;
   dh_wait_converged(&g.d, "after up", CONVERGE_MS);
-  free(r);
 }
 
 /* Deleted in eu-west: gone publicly everywhere, then collected in every
@@ -374,11 +289,11 @@ static void test_delete_collected_everywhere(void **state) {
   for (int i = 0; i < NREGIONS; i++) {
     char q[512];
     snprintf(q, sizeof q, "SELECT count(*) FROM sp_tombstone_barrier WHERE id = '%s'", id);
-    assert_int_equal(sql_int(i, q), 0);
+    assert_int_equal(dh_sql_int(&g.d, i, q), 0);
     snprintf(q, sizeof q, "SELECT count(*) FROM sp_field WHERE id = '%s'", id);
-    assert_int_equal(sql_int(i, q), 0);
-    assert_true(repl_metric(i, "sp_repl_tombstones_collected_total") >= 1);
-    assert_true(api_metric(i, "statusd_api_tombstones_collected_total") >= 1);
+    assert_int_equal(dh_sql_int(&g.d, i, q), 0);
+    assert_true(dh_repl_metric(&g.d, i, "sp_repl_tombstones_collected_total") >= 1);
+    assert_true(dh_api_metric(&g.d, i, "statusd_api_tombstones_collected_total") >= 1);
     assert_true(digest_num(i, "collected") >= 1);
   }
   dh_wait_converged(&g.d, "after collecting", CONVERGE_MS);
@@ -392,10 +307,7 @@ static void test_delete_collected_everywhere(void **state) {
   new_component(1, "after the duplicates", later, sizeof later);
   for (int i = 0; i < NREGIONS; i++) {
     assert_int_equal(doc_cl(i, id), 0);
-    char *st = dh_public_status(&g.d, i, id);
-    assert_non_null(st);
-    assert_string_equal(st, "");
-    free(st);
+    dh_expect_public(&g.d, i, id, "");
   }
   dh_wait_converged(&g.d, "after the late duplicates", CONVERGE_MS);
 }
@@ -407,7 +319,7 @@ static void test_held_while_a_region_is_away(void **state) {
   assert_true(g.up);
   char id[64];
   new_component(0, "held", id, sizeof id);
-  stop_replicad(2);
+  dh_stop(&g.d, 2, "statusd-replicad");
   assert_int_equal(component_req(0, "DELETE", id, NULL), 204);
   dh_wait_public(&g.d, 0, id, "", 5000);
   dh_wait_public(&g.d, 1, id, "", 5000);
@@ -421,15 +333,12 @@ static void test_held_while_a_region_is_away(void **state) {
     for (int i = 0; i < 2; i++) {
       assert_int_equal(store_cl(i, id), 2);
       assert_int_equal(doc_cl(i, id), 2);
-      assert_int_equal(sql_int(i, q), 0);
+      assert_int_equal(dh_sql_int(&g.d, i, q), 0);
     }
     assert_int_equal(store_cl(2, id), 1);
     dh_sleep_ms(250);
   } while (dh_now_ms() < end);
-  char *s = dh_public_status(&g.d, 2, id);
-  assert_non_null(s);
-  assert_string_equal(s, "operational");
-  free(s);
+  dh_expect_public(&g.d, 2, id, "operational");
   /* the tombstone ap-south lacks is not forgiven by verify: ap-south has
    * not seen the delete (the component is alive there) */
   run_out *r = malloc(sizeof *r);
@@ -481,7 +390,7 @@ static void test_delete_update_race(void **state) {
     char q[512];
     snprintf(q, sizeof q, "SELECT count(*) FROM sp_field WHERE id = '%s'", ids[k]);
     for (int i = 0; i < NREGIONS; i++) {
-      assert_int_equal(sql_int(i, q), 0);
+      assert_int_equal(dh_sql_int(&g.d, i, q), 0);
       assert_int_equal(component_req(i, "GET", ids[k], NULL), 404);
       assert_int_equal(component_req(i, "PATCH", ids[k],
                                      "{\"component\":{\"status\":\"operational\"}}"),
@@ -493,10 +402,7 @@ static void test_delete_update_race(void **state) {
     for (int i = 0; i < NREGIONS; i++) {
       assert_int_equal(store_cl(i, ids[k]), 0);
       assert_int_equal(doc_cl(i, ids[k]), 0);
-      char *s = dh_public_status(&g.d, i, ids[k]);
-      assert_non_null(s);
-      assert_string_equal(s, "");
-      free(s);
+      dh_expect_public(&g.d, i, ids[k], "");
     }
 }
 
@@ -516,31 +422,22 @@ static void test_reload_after_collection(void **state) {
   pid_t redis = dh_pidfile(&g.d, dh_regions[2], "redis");
   assert_true(redis > 0);
   assert_int_equal(kill(redis, SIGKILL), 0);
-  long long end = dh_now_ms() + 5000;
-  while (dh_alive(redis) && dh_now_ms() < end)
-    dh_sleep_ms(20);
-  assert_false(dh_alive(redis));
+  dh_wait_gone(redis, 5000);
   assert_int_equal(component_req(0, "DELETE", id, NULL), 204);
   /* collected in ap-south's store, and the log there trimmed past it */
-  end = dh_now_ms() + GC_WAIT_MS;
+  long long end = dh_now_ms() + GC_WAIT_MS;
   while (store_cl(2, id) != 0 && dh_now_ms() < end)
     dh_sleep_ms(100);
   assert_int_equal(store_cl(2, id), 0);
   char q[512];
   snprintf(q, sizeof q,
            "SELECT count(*) FROM sp_change_log WHERE type = 'component' AND id = '%s'", id);
-  end = dh_now_ms() + GC_WAIT_MS;
-  while (sql_int(2, q) != 0 && dh_now_ms() < end)
-    dh_sleep_ms(100);
-  assert_int_equal(sql_int(2, q), 0);
+  dh_wait_sql(&g.d, 2, q, 0, GC_WAIT_MS);
   assert_int_equal(kill(g.paused, SIGCONT), 0);
   g.paused = 0;
   dh_wait_public(&g.d, 2, id, "", 8000);
   assert_int_equal(doc_cl(2, id), 0);
-  run_out *r = malloc(sizeof *r);
-  run(r, "up", (const char *)NULL); /* Redis again */
-  dh_expect(r, 0, "up again");
-  free(r);
+  dh_ctl_ok(&g.d, "up", "up again"); /* Redis again */
   wait_subscribed(2, 15000);
   dh_wait_converged(&g.d, "after the reload", CONVERGE_MS);
 }
@@ -557,7 +454,7 @@ static void test_verify_forgives_uncollected_tombstone(void **state) {
   char id[64];
   new_component(0, "forgiven", id, sizeof id);
   wait_subscribed(2, 15000); /* the delete must reach the paused API by Redis */
-  long long published = repl_metric(2, "sp_repl_published_total");
+  long long published = dh_repl_metric(&g.d, 2, "sp_repl_published_total");
   g.paused = dh_pidfile(&g.d, dh_regions[2], "statusd-api");
   assert_true(g.paused > 0);
   assert_int_equal(kill(g.paused, SIGSTOP), 0);
@@ -568,16 +465,13 @@ static void test_verify_forgives_uncollected_tombstone(void **state) {
   assert_int_equal(store_cl(2, id), 2);
   /* and ap-south's daemon has published it on Redis (best effort there) */
   end = dh_now_ms() + 5000;
-  while (repl_metric(2, "sp_repl_published_total") <= published && dh_now_ms() < end)
+  while (dh_repl_metric(&g.d, 2, "sp_repl_published_total") <= published && dh_now_ms() < end)
     dh_sleep_ms(50);
-  assert_true(repl_metric(2, "sp_repl_published_total") > published);
+  assert_true(dh_repl_metric(&g.d, 2, "sp_repl_published_total") > published);
   pid_t pg = dh_pidfile(&g.d, dh_regions[2], "postgres");
   assert_true(pg > 0);
   assert_int_equal(kill(pg, SIGINT), 0); /* fast shutdown */
-  end = dh_now_ms() + 15000;
-  while (dh_alive(pg) && dh_now_ms() < end)
-    dh_sleep_ms(50);
-  assert_false(dh_alive(pg));
+  dh_wait_gone(pg, 15000);
   assert_int_equal(kill(g.paused, SIGCONT), 0);
   g.paused = 0;
   end = dh_now_ms() + 5000;
@@ -614,22 +508,9 @@ static void test_verify_forgives_uncollected_tombstone(void **state) {
 static void test_down_logs_clean(void **state) {
   (void)state;
   assert_true(g.up);
-  run_out *r = malloc(sizeof *r);
-  run(r, "down", (const char *)NULL);
-  dh_expect(r, 0, "down");
-  free(r);
-  static const char *const procs[] = {"statusd-replicad", "statusd-api"};
+  dh_ctl_ok(&g.d, "down", "down");
   for (int i = 0; i < NREGIONS; i++)
-    for (size_t k = 0; k < sizeof procs / sizeof procs[0]; k++) {
-      char path[PATH_MAX + 128], line[8192];
-      snprintf(path, sizeof path, "%s/%s/log/%s.log", g.d.state, dh_regions[i], procs[k]);
-      FILE *f = fopen(path, "r");
-      assert_non_null(f);
-      while (fgets(line, sizeof line, f))
-        if (strstr(line, "Sanitizer") || strstr(line, "runtime error:"))
-          fail_msg("%s: %s", path, line);
-      fclose(f);
-    }
+    dh_expect_region_logs_clean(&g.d, i);
 }
 
 int main(void) {

@@ -25,7 +25,8 @@
  *     and it bounds the samples' resolution)
  *     (writes: those answered 2xx; late: writes sent more than 10 ms after
  *     they were due, because every connection of their region was still
- *     busy, or a write to the same component was still in flight; rate:
+ *     busy, or a write to the same component was still in flight (writes
+ *     of other components go meanwhile); rate:
  *     writes over the time to the last answer, the rate the regions
  *     actually took.  Writes still unsent 1 s after the last was due are
  *     dropped, so an overloaded run still ends.)
@@ -80,6 +81,7 @@
 #define CATCHUP_POLL_MS 5 /* digest poll interval */
 #define BODY_MAX (1u << 20)
 #define MAX_WRITES 200000
+#define SCAN_MAX 512 /* due writes looked at per loop (at most NCOMP can go) */
 
 static const char *g_key;
 static char g_page[64];
@@ -415,7 +417,8 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
     }
   }
 
-  long next = 0, errors = 0, late = 0, polls = 0, lo[NREG] = {0, 0, 0};
+  /* first: the oldest write not sent yet; next: one past the newest sent */
+  long first = 0, next = 0, errors = 0, late = 0, polls = 0, lo[NREG] = {0, 0, 0};
   char busy_comp[NCOMP] = {0};
   double start = now_s(), last_poll[NREG] = {0, 0, 0};
   double write_end = start + seconds + 1, drain_end = 0;
@@ -423,33 +426,42 @@ static int run_lag(double rate, double seconds, const char *const *addrs) {
   conn *pcs[NREG * (WCONNS + 1)];
   for (;;) {
     double t = now_s();
-    /* due writes go to an idle connection of their region */
-    while (next < nwrites && start + (double)next / rate <= t && t < write_end) {
-      int r = (int)(next % NREG);
+    /* due writes go to an idle connection of their region, oldest first;
+     * a write whose component still has one in flight waits (two could
+     * commit in either order, and the description would no longer only
+     * grow) without holding up the writes of other components behind it */
+    for (long k = first; k < nwrites && k < first + SCAN_MAX && t < write_end &&
+                         start + (double)k / rate <= t;
+         k++) {
+      if (w[k].sent > 0 || busy_comp[k % NCOMP])
+        continue;
+      int r = (int)(k % NREG);
       conn *c = NULL;
-      for (int k = 0; k < WCONNS && c == NULL; k++)
-        if (!wc[r][k].busy && wc[r][k].fd >= 0)
-          c = &wc[r][k];
-      /* one write per component in flight: two could commit in either
-       * order, and the description would no longer only grow */
-      if (c == NULL || busy_comp[next % NCOMP])
-        break;
+      for (int q = 0; q < WCONNS && c == NULL; q++)
+        if (!wc[r][q].busy && wc[r][q].fd >= 0)
+          c = &wc[r][q];
+      if (c == NULL)
+        continue;
       char path[256], body[128];
-      snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g_page, g_comp[next % NCOMP]);
-      snprintf(body, sizeof body, "{\"component\":{\"description\":\"w%ld\"}}", next);
-      if (t - (start + (double)next / rate) > 0.010)
+      snprintf(path, sizeof path, "/v1/pages/%s/components/%s", g_page, g_comp[k % NCOMP]);
+      snprintf(body, sizeof body, "{\"component\":{\"description\":\"w%ld\"}}", k);
+      if (t - (start + (double)k / rate) > 0.010)
         late++;
       if (conn_send(c, "PATCH", path, body) != 0)
         break;
-      busy_comp[next % NCOMP] = 1;
-      w[next].sent = t;
-      c->wid = next++;
+      busy_comp[k % NCOMP] = 1;
+      w[k].sent = t;
+      c->wid = k;
+      if (k >= next)
+        next = k + 1;
     }
+    while (first < nwrites && w[first].sent > 0)
+      first++;
     int busy_writes = 0;
     for (int r = 0; r < NREG; r++)
       for (int k = 0; k < WCONNS; k++)
         busy_writes += wc[r][k].busy;
-    if ((next >= nwrites || t >= write_end) && busy_writes == 0 && drain_end == 0)
+    if ((first >= nwrites || t >= write_end) && busy_writes == 0 && drain_end == 0)
       drain_end = t + DRAIN_S;
     /* done when every committed write is seen everywhere else */
     if (drain_end > 0) {

@@ -265,11 +265,19 @@ static int start_all(ops_ctx *c, ops_proc_kind k, pid_t pids[]) {
   return 0;
 }
 
-/* Every region's statusd-api answers `path` with 200. */
-static int readable_everywhere(const sp_topo *t, const char *path, unsigned timeout_ms,
+/* Every region's statusd-api answers `path` with 200; with `same`, each with
+ * the body the first region answers.  A page just copied to the other
+ * regions is served by their APIs as their caches learn the copy (and as
+ * replication delivers the writes that made it, batch by batch), so a
+ * region can answer 200 with part of the page for a moment: `up` must not
+ * print URLs that show half a demo page. */
+static int readable_everywhere(const sp_topo *t, const char *path, unsigned timeout_ms, int same,
                                const sp_topo_region **bad) {
   long long end = ops_now_ms() + timeout_ms;
-  for (size_t i = 0; i < t->nregions; i++) {
+  sp_buf first;
+  sp_buf_init(&first, 4u << 20);
+  int ok = 1;
+  for (size_t i = 0; ok && i < t->nregions; i++) {
     const sp_topo_region *r = &t->regions[i];
     char url[512], err[256];
     ops_api_base(r, url, sizeof url);
@@ -279,17 +287,24 @@ static int readable_everywhere(const sp_topo *t, const char *path, unsigned time
       sp_buf_init(&b, 4u << 20);
       long status;
       int rc = ops_http("GET", url, NULL, NULL, NULL, 2000, &status, &b, err, sizeof err);
+      int good = rc == 0 && status == 200;
+      if (good && same && i == 0)
+        good = sp_buf_add(&first, b.base, b.len) == 0;
+      else if (good && same)
+        good = b.len == first.len && memcmp(b.base, first.base, b.len) == 0;
       sp_buf_release(&b);
-      if (rc == 0 && status == 200)
+      if (good)
         break;
       if (ops_now_ms() >= end) {
         *bad = r;
-        return 0;
+        ok = 0;
+        break;
       }
-      ops_sleep_ms(100);
+      ops_sleep_ms(50);
     }
   }
-  return 1;
+  sp_buf_release(&first);
+  return ok;
 }
 
 /* 1 when `key` is accepted by the management API of r, 0 when refused
@@ -408,6 +423,7 @@ int ops_up(ops_ctx *c) {
       return fail("%s", err);
     printf("%s: created the demo page %s\n", t->regions[0].name, st.demo_page_id);
   }
+  int copied = !st.seeded;
   if (!st.seeded) {
     for (size_t i = 1; i < t->nregions; i++) {
       long n;
@@ -423,8 +439,10 @@ int ops_up(ops_ctx *c) {
   char path[128];
   snprintf(path, sizeof path, "/pages/%s/api/v2/summary.json", st.demo_page_id);
   const sp_topo_region *bad = NULL;
-  if (!readable_everywhere(t, path, READABLE_WAIT_MS, &bad))
-    return proc_failed(bad, OPS_API, "does not serve the demo page");
+  if (!readable_everywhere(t, path, READABLE_WAIT_MS, copied, &bad))
+    return proc_failed(bad, OPS_API,
+                       copied ? "does not serve the demo page as copied from the first region"
+                              : "does not serve the demo page");
   if (!have_replicad)
     printf("statusd-replicad: not built (%s/statusd-replicad): the regions do not replicate; "
            "they were seeded once from %s\n",

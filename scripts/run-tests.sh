@@ -34,6 +34,10 @@ for bin in "${bins[@]}"; do
     fail=$((fail + 1)); failed+=("$name")
     printf 'FAIL %-40s %3ss  exit %s\n' "$name" "$secs" "$rc"
     [ $rc -eq 124 ] && echo "     (timed out after ${SP_TEST_TIMEOUT:-300}s)"
+    # cmocka's own words on what failed first (a sanitizer's leak report
+    # after a failed assertion would push them out of the tail)
+    grep -E '^\[  (ERROR   |FAILED  |  LINE  |   LINE   )\]|^\[ RUN      \]|Failure!|error:' "$log" |
+      grep -B1 -vE '^\[ RUN      \]' | grep -v '^--$' | head -30 | sed 's/^/     ! /'
     sed 's/^/     | /' "$log" | tail -40
   fi
 done

@@ -1360,8 +1360,20 @@ static void on_floor(int status, const PGresult *res, void *arg) {
                 sp_pg_error_message(res));
     return;
   }
+  crdt_vclock old = g.floor;
   vector_from(res, &g.floor);
+  int had = g.have_floor;
   g.have_floor = 1;
+  /* A snapshot we adopted raised the floor over rows that never were in
+   * our log: a peer that lacks them and that we had nothing more to send
+   * must be asked again, or it would wait for a write that may not come. */
+  int rose = 0;
+  for (int o = 0; had && o < CRDT_MAX_REGIONS; o++)
+    rose |= g.floor.seq[o] > old.seq[o];
+  for (size_t i = 0; rose && i < g.npeers; i++) {
+    repl_session_floor_rose(g.peers[i].out);
+    peer_pump(&g.peers[i]);
+  }
 }
 
 /* Max retention cut rows of `origin` up to `floor` that the peers in

@@ -264,6 +264,11 @@ int repl_session_on_handshake_reply(repl_session *s, const repl_msg *m);
  * change log), after every local or remote commit.  Rows up to it must be
  * readable from the source by then.  Never fails. */
 void repl_session_notify(repl_session *s, const crdt_vclock *applied);
+/* Tells the session the source's log floor rose: a session that found no
+ * row to send asks the source again, which now answers SP_ERR_RANGE if the
+ * peer needs rows below the floor (rows a snapshot brought us, say, that
+ * never were in our log), and the peer gets a snapshot.  Never fails. */
+void repl_session_floor_rose(repl_session *s);
 /* Relay: whether rows of `origin` other than our own are sent to this peer
  * (off by default; our own origin is always sent).  SP_ERR_INVAL for a bad
  * origin. */

@@ -319,6 +319,8 @@ void repl_session_notify(repl_session *s, const crdt_vclock *applied) {
   vec_max(&s->local, applied);
 }
 
+void repl_session_floor_rose(repl_session *s) { s->drained = 0; }
+
 int repl_session_set_relay(repl_session *s, crdt_region origin, int on) {
   if (origin >= CRDT_MAX_REGIONS)
     return SP_ERR_INVAL;

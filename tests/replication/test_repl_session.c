@@ -1623,6 +1623,42 @@ static void test_want_send_coalesces_and_resends_same_bytes(void **state) {
 
 /* ---- snapshots ------------------------------------------------------------------ */
 
+/* Rows a snapshot brought never were in the receiver's log: the receiver's
+ * vector rises (notify) with nothing to read, its session to a third
+ * region finds no row and waits; when the log floor rises over those rows
+ * (repl_session_floor_rose) the session asks the source again and turns to
+ * a snapshot instead of waiting for a write that may never come. */
+static void test_floor_rise_turns_a_waiting_peer_to_snapshot(void **state) {
+  (void)state;
+  sim *w = calloc(1, sizeof *w);
+  assert_non_null(w);
+  sim_init(w, 3, 12);
+  sim_mesh(w);
+  region *b = &w->r[1];
+  repl_session *s = b->sess[2];
+  assert_int_equal(repl_session_set_relay(s, 0, 1), 0); /* region 0's rows, to region 2 */
+  crdt_vclock adopted = b->applied;
+  adopted.seq[0] = 7; /* region 0's rows up to 7 came by snapshot */
+  repl_session_notify(s, &adopted);
+  repl_source src = {src_rewind, src_next, b};
+  sp_buf out;
+  sp_buf_init(&out, REPL_MAX_MESSAGE);
+  uint64_t t0 = wall(w, b);
+  assert_int_equal(repl_session_want_send(s, t0), REPL_WANT_BATCH);
+  assert_int_equal(repl_session_send(s, &src, t0, &out), SP_ERR_AGAIN); /* no row */
+  assert_int_equal(repl_session_want_send(s, t0 + 1000), REPL_WANT_NONE); /* waits */
+  b->floor[0] = 7; /* the snapshot raised the floor */
+  assert_int_equal(repl_session_want_send(s, t0 + 1000), REPL_WANT_NONE);
+  repl_session_floor_rose(s);
+  assert_int_equal(repl_session_want_send(s, t0 + 1000), REPL_WANT_BATCH);
+  assert_int_equal(repl_session_send(s, &src, t0 + 1000, &out), SP_ERR_AGAIN);
+  assert_true(repl_session_in_snapshot(s));
+  assert_int_equal(repl_session_want_send(s, t0 + 1000), REPL_WANT_SNAPSHOT);
+  sp_buf_release(&out);
+  sim_free(w);
+  free(w);
+}
+
 /* Region 0 wrote 40 changes, then trimmed its log (physically: the source
  * shows a hole; or by a floor: the source answers SP_ERR_RANGE).  Region 1
  * starts empty, gets a snapshot over the lossy link, adopts the vector, and
@@ -1776,6 +1812,7 @@ int main(void) {
       cmocka_unit_test(test_no_relay_means_no_third_region_changes),
       cmocka_unit_test(test_relay_over_two_paths_applies_once),
       cmocka_unit_test(test_snapshot_when_log_is_trimmed),
+      cmocka_unit_test(test_floor_rise_turns_a_waiting_peer_to_snapshot),
       cmocka_unit_test(test_resync_required_and_snapshot_resume),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

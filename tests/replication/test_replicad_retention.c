@@ -17,8 +17,11 @@
  * with 50-60 KB descriptions and one entity of 1.5 MB (three 500 KB
  * fields) through sp_write; ap-south gets them all by snapshot, every
  * chunk body is at most 1 MiB (sp_repl_snapshot_chunk_max_bytes), the
- * large entity was split over chunks, and the regions converge; finally
- * every replicad log is free of sanitizer reports.
+ * large entity was split over chunks, and the regions converge; relayed
+ * snapshot: eu-west gets a write by snapshot from us-east, us-east's
+ * replicad stops, and ap-south (held with SIGSTOP meanwhile) gets the write
+ * by a snapshot from eu-west; finally every replicad log is free of
+ * sanitizer reports.
  *
  * The test process is a child subreaper (deploy_harness) so the daemons
  * are reaped here.  Test-only state lives in the one struct `g`.
@@ -53,6 +56,7 @@ static struct {
   dh_deploy d;
   int up;
   long off[NREGIONS]; /* replicad log sizes when the current episode began */
+  pid_t paused[NREGIONS]; /* replicads held with SIGSTOP, resumed by teardown */
 } g;
 
 static int setup(void **state) {
@@ -62,6 +66,9 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
+  for (int i = 0; i < NREGIONS; i++)
+    if (g.paused[i] > 0)
+      kill(g.paused[i], SIGCONT); /* so that it can stop */
   dh_deploy_teardown(&g.d);
   return 0;
 }
@@ -81,16 +88,21 @@ static long long chunks_sent_away(void) {
          dh_repl_metric(&g.d, 1, away("sp_repl_snapshot_chunks_sent_total"));
 }
 
-/* Begins an episode: marks where every replicad log ends now and stops
- * ap-south's replicad.  Returns chunks_sent_away() from before. */
-static long long send_away(void) {
-  long long chunks = chunks_sent_away();
+/* Marks where every replicad log ends now (log_has looks after it). */
+static void mark_logs(void) {
   for (int i = 0; i < NREGIONS; i++) {
     char path[PATH_MAX + 128];
     struct stat st;
     dh_log_path(&g.d, i, "statusd-replicad", path, sizeof path);
     g.off[i] = stat(path, &st) == 0 ? (long)st.st_size : 0;
   }
+}
+
+/* Begins an episode: marks the logs and stops ap-south's replicad.
+ * Returns chunks_sent_away() from before. */
+static long long send_away(void) {
+  long long chunks = chunks_sent_away();
+  mark_logs();
   dh_stop(&g.d, AWAY, "statusd-replicad");
   return chunks;
 }
@@ -100,15 +112,21 @@ static int log_has(int region, const char *a, const char *b) {
   return dh_log_has(&g.d, region, g.off[region], a, b, NULL);
 }
 
-/* Waits until `region` trimmed rows of `origin` that ap-south had not
- * acknowledged: its floor is above ap-south's persisted ack. */
-static void wait_trimmed_past_away(int region, int origin) {
+/* Waits until `region` trimmed rows of `origin` that `peer` (whose
+ * replicad is stopped or held) lacks: the floor is above the peer's own
+ * sp_vclock, and hence above its persisted ack too.  The persisted ack
+ * alone is not enough: acks are persisted asynchronously and may lag what
+ * the peer had, and a floor between the two would let the peer catch up
+ * from the log (relayed by the other region) instead of by snapshot. */
+static void wait_trimmed_past(int region, int origin, int peer) {
   char q[512];
+  snprintf(q, sizeof q, "SELECT coalesce(max(seq), 0) FROM sp_vclock WHERE origin = %d", origin);
+  long long has = dh_sql_int(&g.d, peer, q);
   snprintf(q, sizeof q,
            "SELECT count(*) FROM sp_log_floor f LEFT JOIN sp_peer_ack a "
            "ON a.peer = %d AND a.origin = f.origin "
-           "WHERE f.origin = %d AND f.seq > coalesce(a.seq, 0)",
-           AWAY, origin);
+           "WHERE f.origin = %d AND f.seq > coalesce(a.seq, 0) AND f.seq > %lld",
+           peer, origin, has);
   dh_wait_sql(&g.d, region, q, 1, 10000);
 }
 
@@ -202,7 +220,7 @@ static void test_give_up_and_snapshot(void **state) {
   /* both logs lose rows of both origins that ap-south never acknowledged */
   for (int i = 0; i < 2; i++)
     for (int o = 0; o < 2; o++)
-      wait_trimmed_past_away(i, o);
+      wait_trimmed_past(i, o, AWAY);
   expect_given_up();
   dh_expect_public(&g.d, AWAY, a, ""); /* not there: only a snapshot can bring it */
 
@@ -284,8 +302,8 @@ static void test_snapshot_chunk_bound(void **state) {
   assert_int_equal(want / 1000000000, 83); /* 40 * 2 + 3 fields */
   assert_true(want % 1000000000 > 3600000); /* 3.7 MB */
   dh_wait_sql(&g.d, 1, BIG_STATE, want, CONVERGE_MS);
-  wait_trimmed_past_away(0, 0);
-  wait_trimmed_past_away(1, 0);
+  wait_trimmed_past(0, 0, AWAY);
+  wait_trimmed_past(1, 0, AWAY);
   expect_given_up();
   assert_int_equal(
       dh_sql_int(&g.d, AWAY, "SELECT count(*) FROM sp_field WHERE page_id = 'big-page'"), 0);
@@ -313,6 +331,68 @@ static void test_snapshot_chunk_bound(void **state) {
   expect_back();
 }
 
+/* Holds region's replicad with SIGSTOP (teardown resumes it): `statusctl
+ * up` sees it running and leaves it be, and, unlike a stopped one, its
+ * sessions are where they were when it resumes. */
+static void hold(int region) {
+  g.paused[region] = dh_pidfile(&g.d, dh_regions[region], "statusd-replicad");
+  assert_true(g.paused[region] > 0);
+  assert_int_equal(kill(g.paused[region], SIGSTOP), 0);
+}
+
+static void resume(int region) {
+  assert_int_equal(kill(g.paused[region], SIGCONT), 0);
+  g.paused[region] = 0;
+}
+
+/* What a snapshot brought reaches a third region from the region that
+ * received it.  us-east's replicad is stopped first (so that no session of
+ * it to the others is open), eu-west's and ap-south's are held, and
+ * us-east writes; us-east's replicad is started alone, cannot complete a
+ * handshake with either, and trims the write past both within the maximum
+ * retention.  eu-west resumes and gets the write by snapshot, which raises
+ * its log floor for us-east's rows; then us-east's replicad stops and
+ * ap-south resumes.  Only eu-west has the write now, and not as log rows:
+ * it must serve ap-south a snapshot. */
+static void test_snapshot_relayed_by_receiver(void **state) {
+  (void)state;
+  assert_true(g.up);
+  const char *from_origin = "sp_repl_snapshot_chunks_applied_total{peer=\"us-east\"}";
+  long long applied0 = dh_repl_metric(&g.d, 1, from_origin);
+  mark_logs();
+  dh_stop(&g.d, 0, "statusd-replicad");
+  hold(1);
+  hold(AWAY);
+  char a[64];
+  dh_new_component(&g.d, 0, "relayed: us-east", "under_maintenance", a, sizeof a);
+  dh_ctl_ok(&g.d, "up", "us-east's replicad alone");
+  wait_trimmed_past(0, 0, 1);
+  wait_trimmed_past(0, 0, AWAY);
+  dh_expect_public(&g.d, 1, a, "");
+
+  resume(1);
+  dh_wait_public(&g.d, 1, a, "under_maintenance", CONVERGE_MS);
+  assert_true(log_has(0, "\"serving a snapshot\"", "\"peer\":\"eu-west\""));
+  assert_true(dh_repl_metric(&g.d, 1, from_origin) > applied0);
+  /* eu-west's floor for us-east's rows rose above ap-south's ack */
+  wait_trimmed_past(1, 0, AWAY);
+
+  dh_stop(&g.d, 0, "statusd-replicad");
+  dh_expect_public(&g.d, AWAY, a, "");
+  resume(AWAY);
+  dh_wait_public(&g.d, AWAY, a, "under_maintenance", CONVERGE_MS);
+  assert_true(log_has(1, "\"serving a snapshot\"", "\"peer\":\"ap-south\""));
+
+  dh_ctl_ok(&g.d, "up", "us-east back");
+  dh_wait_converged(&g.d, "after the relayed snapshot", CONVERGE_MS);
+  for (int i = 0; i < 2; i++) {
+    long long end = dh_now_ms() + 5000;
+    while (dh_repl_metric(&g.d, i, away("sp_repl_peer_given_up")) != 0 && dh_now_ms() < end)
+      dh_sleep_ms(200);
+    assert_int_equal(dh_repl_metric(&g.d, i, away("sp_repl_peer_given_up")), 0);
+  }
+}
+
 /* Every replicad log (after a graceful stop) is free of sanitizer reports. */
 static void test_stop_logs_clean(void **state) {
   (void)state;
@@ -325,7 +405,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bad_max_retention),    cmocka_unit_test(test_up),
       cmocka_unit_test(test_give_up_and_snapshot), cmocka_unit_test(test_snapshot_chunk_bound),
-      cmocka_unit_test(test_stop_logs_clean),
+      cmocka_unit_test(test_snapshot_relayed_by_receiver), cmocka_unit_test(test_stop_logs_clean),
   };
   return cmocka_run_group_tests_name("replicad_retention", tests, setup, teardown);
 }
